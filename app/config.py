@@ -1,0 +1,64 @@
+"""Service settings, read from the environment (prefix ``STILLFRAME_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _split_list(value: object) -> object:
+    """Accept a comma- or space-separated string for list settings, as people write them in env files."""
+    if isinstance(value, str):
+        return [part for part in value.replace(",", " ").split() if part]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STILLFRAME_", env_file=None, extra="ignore")
+
+    media_root: Path | None = Field(
+        default=None, description="Directory served for local sources; unset means no local files at all."
+    )
+    allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="CIDR ranges exempt from the SSRF guard (e.g. an internal origin server).",
+    )
+    allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [80, 443])
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 10.0
+    fetch_total_timeout: float = 60.0
+    max_source_bytes: int = Field(default=2 * 1024**3, description="Cap on bytes read from one source.")
+    max_redirects: int = 5
+    max_source_pixels: int = 7680 * 4320
+    cache_control: str = "public, max-age=86400, immutable"
+    max_output_pixels: int = 7680 * 4320
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        value = _split_list(value)
+        if isinstance(value, list):
+            return [ipaddress.ip_network(str(v), strict=False) for v in value]
+        return value
+
+    @field_validator("allowed_ports", mode="before")
+    @classmethod
+    def _parse_ports(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("media_root", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,48 @@
+"""Engine errors: each carries a stable ``code`` that the API turns into an RFC 9457 problem.
+
+The engine knows nothing about HTTP; the status code lives here only as a hint the API layer uses,
+so the mapping from code to status has exactly one home.
+"""
+
+from __future__ import annotations
+
+# code -> (HTTP status, short title)
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "invalid_parameter": (400, "Invalid parameter"),
+    "no_image_at_time": (422, "No image at the requested time"),
+    "source_not_found": (404, "Source not found"),
+    "source_forbidden": (403, "Source forbidden"),
+    "source_unreachable": (502, "Source unreachable"),
+    "unsupported_media": (422, "Unsupported media"),
+    "no_video_stream": (422, "No video stream"),
+    "decode_failed": (422, "Decode failed"),
+    "source_too_large": (422, "Source too large"),
+}
+
+
+class EngineError(Exception):
+    """A failure with a stable machine-readable code and a message safe to show a client."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return ERROR_CODES[self.code][0]
+
+    @property
+    def title(self) -> str:
+        return ERROR_CODES[self.code][1]
+
+    def __repr__(self) -> str:
+        return f"EngineError({self.code!r}, {self.detail!r})"
+
+
+class InvalidParameter(EngineError):
+    def __init__(self, detail: str, *, parameter: str | None = None) -> None:
+        super().__init__("invalid_parameter", detail)
+        self.parameter = parameter

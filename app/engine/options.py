@@ -1,0 +1,58 @@
+"""Options for one grab, independent of how they arrived (query string, JSON body, CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+Rotate = Literal["auto", "none"]
+Aperture = Literal["clean", "production", "encoded"]
+Fit = Literal["contain", "cover", "fill", "pad"]
+DynamicRange = Literal["sdr", "native"]
+ImageFormat = Literal["jpeg", "png", "webp", "avif"]
+
+CONTENT_TYPES: dict[str, str] = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a decoded frame becomes a picture.
+
+    ``width``/``height`` are a maximum size as in AVAssetImageGenerator.maximumSize: with
+    ``fit=contain`` the picture fits inside, keeps its aspect and is never upscaled.
+    """
+
+    rotate: Rotate = "auto"
+    aperture: Aperture = "clean"
+    width: int | None = None
+    height: int | None = None
+    fit: Fit = "contain"
+    background: str = "black"  # fill colour for fit=pad
+    dynamic_range: DynamicRange = "sdr"
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    format: ImageFormat = "jpeg"
+    quality: int | None = None  # None: the format's sensible default
+
+
+@dataclass(frozen=True)
+class GrabOptions:
+    """Everything that decides which frame is chosen and how it is delivered.
+
+    Tolerances are seconds; ``None`` means infinite. The default is exact (0, 0): unlike
+    AVAssetImageGenerator, whose default tolerance is infinite.
+    """
+
+    tolerance_before: Fraction | None = Fraction(0)
+    tolerance_after: Fraction | None = Fraction(0)
+    stream: int | None = None  # index among the video streams; None picks the default one
+    render: RenderOptions = field(default_factory=RenderOptions)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
