@@ -69,7 +69,7 @@ def parse_seconds(text: str, parameter: str = "t") -> Fraction:
     if m := _CLOCK_RE.match(text):
         hours = int(m.group(1) or 0)
         minutes, seconds = int(m.group(2)), Fraction(m.group(3))
-        if m.group(1) is not None and minutes >= 60 or seconds >= 60:
+        if (m.group(1) is not None and minutes >= 60) or seconds >= 60:
             raise InvalidParameter(f"{parameter}: invalid clock time {text!r}", parameter=parameter)
         return hours * 3600 + minutes * 60 + seconds
     raise InvalidParameter(

@@ -1,0 +1,678 @@
+"""The image generator: "this asset, at this time" -> the right frame, rendered and encoded.
+
+Modelled on AVAssetImageGenerator: build one from an asset and options, then ask for
+``image_at(t)`` or ``images_for(times)``. One generator holds its asset open, so a second grab
+from the same asset skips the open and the probe.
+
+How a frame is chosen (the time contract):
+
+* The asset timeline starts at 0 at the container's start time (FFmpeg's ``start_time``, which
+  already honours MP4 edit lists), kept exact as a Fraction.
+* With zero tolerance, t gets the frame on screen at t: the last frame whose presentation time is
+  <= t; the first frame for t before it; the last frame for t up to the end of its display.
+* Seek by timestamp to the keyframe before the target and decode forward. After a seek, frames
+  are trusted only from the first keyframe the decoder outputs: leading pictures of an open GOP
+  (and the frames of a keyframe whose DTS is before the target but PTS after) would otherwise be
+  wrong or missing, so when the target lies before that keyframe we back off and seek earlier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import av
+import av.error
+
+from app.engine.errors import EngineError
+from app.engine.options import CONTENT_TYPES, GrabOptions
+from app.engine.sources import Source
+from app.engine.timeparse import TimeSpec, parse_time
+
+# Demuxers we accept. Probing picks among these only, whatever the name or extension says.
+FORMAT_WHITELIST = "mov,matroska,mpegts,avi,flv,ivf,h264,hevc,mxf,hls,mpeg"
+
+_AV_TIME_BASE = 1_000_000
+_AVFMT_TS_DISCONT = 0x0200
+_BACKOFF_SECONDS = (Fraction(1), Fraction(4), Fraction(16), Fraction(64))
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """A generated image, with the frame's exact time (``AVAssetImageGenerator`` ``actualTime``)."""
+
+    index: int  # position in the request
+    requested: TimeSpec
+    requested_time: Fraction  # resolved seconds on the asset timeline
+    actual_time: Fraction  # the returned frame's presentation time on the asset timeline
+    pts: int  # the frame's timestamp in the stream's time base
+    time_base: Fraction
+    image: bytes
+    content_type: str
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    @property
+    def actual_time_rational(self) -> str:
+        """``value/timescale`` of the frame's time on the asset timeline, as in CMTime: the timescale is
+        the stream's (reduced only where the timeline origin is not a whole number of its ticks)."""
+        timescale = self.time_base.denominator
+        value = self.actual_time * timescale
+        if value.denominator == 1:
+            return f"{value.numerator}/{timescale}"
+        return _rational(self.actual_time)
+
+
+@dataclass(frozen=True)
+class FrameFailure:
+    """A requested time that produced no image, with its error (``AVAssetImageGenerator.Result`` failed)."""
+
+    index: int
+    requested: TimeSpec
+    error: EngineError
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+
+def _rational(value: Fraction) -> str:
+    return f"{value.numerator}/{value.denominator}"
+
+
+@dataclass
+class _Decoded:
+    """A decoded frame with its exact timestamp (synthesised only where the stream has none)."""
+
+    frame: av.VideoFrame
+    pts: int
+    key: bool
+
+
+class ImageGenerator:
+    """Generates images from one asset. Not thread-safe: one generator serves one caller at a time."""
+
+    def __init__(
+        self,
+        source: Source | Path | str,
+        options: GrabOptions | None = None,
+        *,
+        max_output_pixels: int = 7680 * 4320,
+    ) -> None:
+        self.options = options or GrabOptions()
+        self.max_output_pixels = max_output_pixels
+        self._source = source
+        self._file: BinaryIO | None = None
+        self._container: Any = None
+        self._open()
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self) -> None:
+        self._open_container()
+        try:
+            self._select_stream()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_container(self) -> None:
+        source = self._source
+        try:
+            if isinstance(source, str | Path):
+                self._file = Path(source).open("rb")  # noqa: SIM115 - owned and closed by the generator
+                io_open = None
+            else:
+                self._file = source.open()
+                io_open = _io_opener(source)
+        except OSError as exc:
+            raise EngineError("source_not_found", "the source could not be opened") from exc
+        try:
+            self._container = av.open(
+                self._file,
+                mode="r",
+                options={"format_whitelist": FORMAT_WHITELIST},
+                io_open=io_open,
+            )
+        except EngineError:
+            self.close()
+            raise
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            self.close()
+            raise EngineError("unsupported_media", "the source is not a video file this service can read") from exc
+
+    def _select_stream(self) -> None:
+        container = self._container
+        video = [s for s in container.streams.video if not _is_attached_picture(s)]
+        if not video:
+            raise EngineError("no_video_stream", "the source has no video stream")
+        wanted = self.options.stream
+        if wanted is not None:
+            if not 0 <= wanted < len(video):
+                raise EngineError("invalid_parameter", f"stream: the source has {len(video)} video stream(s)")
+            stream = video[wanted]
+        else:
+            default = [s for s in video if s.disposition & av.stream.Disposition.default]
+            decodable = [s for s in (default or video) if s.codec_context is not None] or video
+            stream = decodable[0]
+        if stream.codec_context is None:
+            raise EngineError("unsupported_media", "the video codec of this source is not supported")
+        self._stream_index = stream.index
+        self._use_stream(stream)
+        self._time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, _AV_TIME_BASE)
+        self._origin = self._timeline_origin()
+        self._keyframes = self._index_keyframes()
+        self._synthetic_pts = False  # learnt on the first decode from the start
+        self._at_start = True  # nothing demuxed yet: decoding now starts at the stream's start
+        self._lookahead: _Decoded | None = None  # first frame past the previous target, still usable
+        self._decoder_live = False  # the decoder state follows on from the last target
+        self._duration_cache: Fraction | None = None
+        self._last_frame: _Decoded | None = None  # the stream's last frame, once seen
+        self._first_frame_pts: int | None = None
+
+    def _timeline_origin(self) -> Fraction:
+        """Where t=0 is on the stream's clock, exact, as the ffmpeg CLI places it.
+
+        Normally the container's start time (MP4 edit lists already folded in by FFmpeg's mov
+        demuxer). FFmpeg keeps that in microseconds, rounded from the earliest stream's start; where
+        a stream's exact start rounds to it we take the exact value, so a frame at the very start has
+        actual time exactly 0. Formats whose timestamps are discontinuous by nature (MPEG-TS,
+        MPEG-PS, HLS) start at the video stream's own start, ignoring an audio track that starts
+        earlier: the CLI does the same, and an MPEG-TS that starts at 1.48 s has t=0 at its first frame.
+        """
+        container, video = self._container, self._stream
+        video_start = video.start_time * Fraction(video.time_base) if video.start_time is not None else None
+        if video_start is not None and container.format.flags & _AVFMT_TS_DISCONT:
+            return video_start
+        start_us = container.start_time
+        if start_us is None:
+            return video_start or Fraction(0)
+        for stream in (video, *container.streams):
+            if stream.start_time is not None and stream.time_base:
+                exact = stream.start_time * Fraction(stream.time_base)
+                if round(exact * _AV_TIME_BASE) == start_us:
+                    return exact
+        return Fraction(start_us, _AV_TIME_BASE)
+
+    def _index_keyframes(self) -> list[int]:
+        try:
+            entries = self._stream.index_entries
+            return sorted({e.timestamp for e in entries if e.is_keyframe and not e.is_discard})
+        except (AttributeError, av.error.FFmpegError):
+            return []
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def duration(self) -> Fraction | None:
+        """The asset's duration in seconds, exact where the container states it."""
+        if self._duration_cache is not None:
+            return self._duration_cache
+        container = self._container
+        if container.duration is not None and container.duration > 0:
+            self._duration_cache = Fraction(container.duration, _AV_TIME_BASE)
+        elif self._stream.duration:
+            start = self._stream.start_time or 0
+            self._duration_cache = (start + self._stream.duration) * self._time_base - self._origin
+        return self._duration_cache
+
+    @property
+    def stream(self) -> Any:
+        return self._stream
+
+    def image_at(self, t: str | Fraction | int | TimeSpec) -> FrameResult:
+        """The image for one requested time; raises EngineError when there is none."""
+        result = next(iter(self.images_for([t])))
+        if isinstance(result, FrameFailure):
+            raise result.error
+        return result
+
+    def images_for(
+        self, times: Sequence[str | Fraction | int | TimeSpec], *, ordered: bool = True
+    ) -> Iterator[FrameResult | FrameFailure]:
+        """One result per requested time.
+
+        Times are decoded in ascending order, in one forward pass per GOP, each distinct frame
+        rendered once. With ``ordered`` the results come in request order; without it, each as soon
+        as it exists (ascending time), carrying its request ``index``.
+        """
+        specs: list[tuple[int, TimeSpec | EngineError]] = []
+        for index, raw in enumerate(times):
+            try:
+                specs.append((index, parse_time(raw)))
+            except EngineError as exc:
+                specs.append((index, exc))
+        produced = self._produce(specs)
+        if not ordered:
+            yield from produced
+            return
+        pending: dict[int, FrameResult | FrameFailure] = {}
+        next_index = 0
+        for item in produced:
+            pending[item.index] = item
+            while next_index in pending:
+                yield pending.pop(next_index)
+                next_index += 1
+
+    def close(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ImageGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ planning
+
+    def _produce(self, specs: list[tuple[int, TimeSpec | EngineError]]) -> Iterator[FrameResult | FrameFailure]:
+        resolved: list[tuple[Fraction, int, TimeSpec]] = []
+        for index, spec in specs:
+            if isinstance(spec, EngineError):
+                yield FrameFailure(index, TimeSpec(Fraction(0)), spec)
+                continue
+            try:
+                duration = (self.duration or self._scan_duration()) if spec.percent else None
+                seconds = spec.resolve(duration)
+            except EngineError as exc:
+                yield FrameFailure(index, spec, exc)
+                continue
+            resolved.append((seconds, index, spec))
+        resolved.sort(key=lambda item: (item[0], item[1]))
+        rendered: dict[int, tuple[bytes, int, int, dict[str, float]]] = {}  # pts -> encoded image
+        for seconds, index, spec in resolved:
+            try:
+                decoded = self._frame_for(seconds)
+                if decoded.pts not in rendered:
+                    rendered.clear()  # sorted order: an earlier frame is never needed again
+                    rendered[decoded.pts] = self._render(decoded.frame)
+                image, width, height, timings = rendered[decoded.pts]
+            except EngineError as exc:
+                yield FrameFailure(index, spec, exc)
+                continue
+            yield FrameResult(
+                index=index,
+                requested=spec,
+                requested_time=seconds,
+                actual_time=decoded.pts * self._time_base - self._origin,
+                pts=decoded.pts,
+                time_base=self._time_base,
+                image=image,
+                content_type=CONTENT_TYPES[self.options.encode.format],
+                width=width,
+                height=height,
+                timings=timings,
+            )
+
+    def _frame_for(self, seconds: Fraction) -> _Decoded:
+        before, after = self.options.tolerance_before, self.options.tolerance_after
+        if before == 0 and after == 0:
+            return self._exact(seconds)
+        return self._tolerant(seconds, before, after)
+
+    def _target_pts(self, seconds: Fraction) -> int:
+        return math.floor((seconds + self._origin) / self._time_base)
+
+    def _time_of(self, pts: int) -> Fraction:
+        return pts * self._time_base - self._origin
+
+    def _end_of(self, decoded: _Decoded) -> Fraction:
+        """When the last frame stops being on screen: its time plus its duration, or the container's
+        duration if that is later."""
+        end = self._time_of(decoded.pts + self._frame_duration(decoded.frame))
+        duration = self.duration
+        return max(end, duration) if duration is not None else end
+
+    def _frame_duration(self, frame: av.VideoFrame) -> int:
+        if frame.duration and frame.duration > 0:
+            return int(frame.duration)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        if rate:
+            return max(1, round(1 / (Fraction(rate) * self._time_base)))
+        return 0
+
+    # ------------------------------------------------------------------ exact
+
+    def _exact(self, seconds: Fraction) -> _Decoded:
+        if seconds < 0:
+            raise EngineError("no_image_at_time", "the requested time is before the start of the asset")
+        target = self._target_pts(seconds)
+        found = self._on_screen(target)
+        if found.pts > target:  # before the first frame: the first frame
+            return found
+        if self._last_frame is not None and found is self._last_frame and seconds > self._end_of(found):
+            raise EngineError("no_image_at_time", "the requested time is past the end of the asset")
+        return found
+
+    def _on_screen(self, target: int) -> _Decoded:
+        """The last frame with pts <= target (or the first frame, if target precedes it)."""
+        resume = self._can_continue(target)
+        backoff = iter(_BACKOFF_SECONDS)
+        seek_to: int | None = None if resume else target
+        while True:
+            if resume:
+                frames = self._continue_frames()
+                trusted_from_start = True
+            elif (
+                seek_to is None
+                or self._synthetic_pts
+                or (self._first_frame_pts is not None and seek_to <= self._first_frame_pts)
+            ):
+                frames = self._frames_from_start()
+                trusted_from_start = True
+            else:
+                frames = self._frames_after_seek(seek_to)
+                trusted_from_start = False
+            resume = False
+            best: _Decoded | None = None
+            first: _Decoded | None = None
+            for decoded in frames:
+                if first is None:
+                    first = decoded
+                if decoded.pts <= target:
+                    best = decoded
+                    continue
+                self._lookahead = decoded
+                break
+            else:
+                self._lookahead = None
+                self._decoder_live = False
+                if best is not None:
+                    self._last_frame = best
+            if first is None:
+                if trusted_from_start:
+                    raise EngineError("decode_failed", "no frame of the video stream could be decoded")
+            elif trusted_from_start or first.pts <= target:
+                if best is None:  # target precedes the first frame of the stream
+                    return first
+                return best
+            # The seek landed after the target (or on nothing): seek earlier.
+            step = next(backoff, None)
+            seek_to = None if step is None else target - math.ceil(step / self._time_base)
+
+    def _can_continue(self, target: int) -> bool:
+        """Whether decoding on from the last position reaches target without a seek (same GOP, ahead)."""
+        ahead = self._lookahead
+        if ahead is None or not self._decoder_live or target < ahead.pts:
+            return False
+        if self._synthetic_pts:
+            return True
+        if not self._keyframes:
+            return target - ahead.pts <= math.ceil(Fraction(1, 2) / self._time_base)
+        # a keyframe between here and the target: seeking there is cheaper than decoding up to it
+        return not any(ahead.pts < k <= target for k in self._keyframes)
+
+    # ------------------------------------------------------------------ tolerance
+
+    def _tolerant(self, seconds: Fraction, before: Fraction | None, after: Fraction | None) -> _Decoded:
+        low = None if before is None else seconds - before
+        high = None if after is None else seconds + after
+
+        def inside(decoded: _Decoded) -> bool:
+            t = self._time_of(decoded.pts)
+            return (low is None or t >= low) and (high is None or t <= high)
+
+        # 1. A keyframe in the window, nearest to t, costs one decode.
+        for candidate in self._keyframe_candidates(seconds, low, high):
+            decoded = self._keyframe_at(candidate)
+            if decoded is not None and inside(decoded):
+                return decoded
+        # 2. Otherwise the frame on screen at t, or the first frame after it inside the window.
+        clamped = max(seconds, Fraction(0))
+        on_screen = self._on_screen(self._target_pts(clamped))
+        if inside(on_screen):
+            return on_screen
+        ahead = self._lookahead
+        if ahead is not None and inside(ahead):
+            return ahead
+        if seconds < 0:
+            raise EngineError("no_image_at_time", "the requested time is before the start of the asset")
+        if self._last_frame is on_screen and seconds > self._end_of(on_screen):
+            raise EngineError("no_image_at_time", "the requested time is past the end of the asset")
+        # No frame starts inside the window: the frame on screen throughout it is the answer.
+        return on_screen
+
+    def _keyframe_candidates(self, seconds: Fraction, low: Fraction | None, high: Fraction | None) -> list[int]:
+        """Keyframe timestamps to try, nearest to t first (from the index, else by probing)."""
+        if self._synthetic_pts:
+            return []
+        keys = self._keyframes or self._probe_keyframes(seconds)
+        window = [
+            k
+            for k in keys
+            if (low is None or self._time_of(k) >= low - Fraction(1, 2))
+            and (high is None or self._time_of(k) <= high + Fraction(1, 2))
+        ]
+        # Index timestamps can be DTS; the decoded PTS is checked against the window afterwards.
+        return sorted(window, key=lambda k: (abs(self._time_of(k) - seconds), k))[:4]
+
+    def _probe_keyframes(self, seconds: Fraction) -> list[int]:
+        """Without an index: the keyframes the demuxer seeks to around t."""
+        target = self._target_pts(max(seconds, Fraction(0)))
+        found: list[int] = []
+        for backward in (True, False):
+            with contextlib.suppress(av.error.FFmpegError):
+                self._seek(target, backward=backward)
+                for decoded in self._decode(trust_all=False):
+                    found.append(decoded.pts)
+                    break
+        return found
+
+    def _keyframe_at(self, timestamp: int) -> _Decoded | None:
+        try:
+            self._seek(timestamp, backward=True)
+        except av.error.FFmpegError:
+            return None
+        for decoded in self._decode(trust_all=False):
+            self._lookahead = None
+            self._decoder_live = False
+            return decoded
+        return None
+
+    # ------------------------------------------------------------------ decoding
+
+    def _seek(self, pts: int, *, backward: bool = True) -> None:
+        self._lookahead = None
+        self._decoder_live = False
+        self._at_start = False
+        self._pts_guess.reset_sequence()
+        self._container.seek(pts, stream=self._stream, backward=backward, any_frame=False)
+
+    def _frames_after_seek(self, target: int) -> Iterator[_Decoded]:
+        try:
+            self._seek(target)
+        except av.error.FFmpegError:
+            return iter(())
+        return self._decode(trust_all=False)
+
+    def _frames_from_start(self) -> Iterator[_Decoded]:
+        if not self._at_start:
+            self._reopen()
+        self._at_start = False
+        return self._decode(trust_all=True, from_start=True)
+
+    def _continue_frames(self) -> Iterator[_Decoded]:
+        ahead = self._lookahead
+        assert ahead is not None
+        self._lookahead = None
+
+        def chain() -> Iterator[_Decoded]:
+            # Through a plain iterator: closing this chain must not close the live decoder it reads.
+            yield ahead
+            live = self._live
+            yield from iter(lambda: next(live, None), None)
+
+        return chain()
+
+    def _reopen(self) -> None:
+        """Back to the very start: reopening is the one way to reach it in every format (a seek to
+        the first timestamp is refused by some demuxers and lands late in others)."""
+        with contextlib.suppress(Exception):
+            self._container.close()
+        with contextlib.suppress(Exception):
+            if self._file is not None:
+                self._file.close()
+        self._container = None
+        self._file = None
+        self._open_container()
+        self._use_stream(self._container.streams.get(self._stream_index)[0])
+
+    def _use_stream(self, stream: Any) -> None:
+        self._pts_guess = _PtsGuesser()
+        stream.thread_type = "SLICE"  # frame threads add a frame of latency each to a single grab
+        self._stream = stream
+        self._live: Iterator[_Decoded] = iter(())
+
+    def _decode(self, *, trust_all: bool, from_start: bool = False) -> Iterator[_Decoded]:
+        """Decoded frames in presentation order with exact timestamps.
+
+        ``trust_all`` is for decoding from the very start; after a seek, frames before the first
+        keyframe the decoder outputs are dropped (see the module docstring).
+        """
+        generator = self._decode_frames(trust_all=trust_all, from_start=from_start)
+        self._live = generator
+        self._decoder_live = True
+        return generator
+
+    def _decode_frames(self, *, trust_all: bool, from_start: bool) -> Iterator[_Decoded]:
+        stream = self._stream
+        codec = stream.codec_context
+        trusted = trust_all
+        next_synthetic = 0
+        errors = 0
+        produced = 0
+        for packet in self._container.demux(stream):
+            try:
+                frames = codec.decode(packet)
+            except av.error.EOFError:
+                break
+            except (av.error.FFmpegError, ValueError) as exc:
+                errors += 1
+                if errors > 1000 and produced == 0:
+                    raise EngineError("decode_failed", "the video stream could not be decoded") from exc
+                continue
+            for frame in frames:
+                pts = self._pts_guess.guess(frame.pts, frame.dts)
+                if from_start and produced == 0 and pts is None:
+                    self._synthetic_pts = True
+                if self._synthetic_pts:
+                    # No timestamps in the stream at all (raw Annex-B): its only clock is the
+                    # frame durations, counted from 0 exactly as the ffmpeg CLI does.
+                    pts = next_synthetic
+                    next_synthetic += self._frame_duration(frame)
+                elif pts is None:
+                    continue
+                produced += 1
+                key = bool(frame.key_frame)
+                if not trusted and not key:
+                    continue
+                trusted = True
+                decoded = _Decoded(frame, int(pts), key)
+                if from_start and self._first_frame_pts is None:
+                    self._first_frame_pts = decoded.pts
+                yield decoded
+
+    def _scan_duration(self) -> Fraction:
+        """Duration by reading packet timestamps when the container states none (no decoding)."""
+        end: int | None = None
+        try:
+            self._seek(self._keyframes[-1] if self._keyframes else 0)
+        except av.error.FFmpegError:
+            self._reopen()
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.pts is not None:
+                    stop = packet.pts + (packet.duration or 0)
+                    end = stop if end is None else max(end, stop)
+        except av.error.FFmpegError:
+            pass
+        self._reopen()
+        self._at_start = True
+        if end is None:
+            raise EngineError("invalid_parameter", "t: the asset's duration is unknown, so a percentage can't be used")
+        self._duration_cache = self._time_of(end)
+        return self._duration_cache
+
+    # ------------------------------------------------------------------ rendering
+
+    def _render(self, frame: av.VideoFrame) -> tuple[bytes, int, int, dict[str, float]]:
+        from app.engine.encode import encode_image
+        from app.engine.render import render_frame
+
+        try:
+            image = render_frame(
+                frame, self.options.render, stream=self._stream, max_output_pixels=self.max_output_pixels
+            )
+        except EngineError:
+            raise
+        except (av.error.FFmpegError, ValueError, MemoryError) as exc:
+            raise EngineError("decode_failed", "the frame could not be converted to an image") from exc
+        data = encode_image(image, self.options.encode)
+        return data, image.width, image.height, {}
+
+
+class _PtsGuesser:
+    """FFmpeg's ``best_effort_timestamp`` (``guess_correct_pts``), which PyAV does not expose.
+
+    Containers such as AVI carry only decode timestamps, so the "pts" a decoder hands back after
+    reordering is not monotonic; FFmpeg (and so the ffmpeg CLI) then trusts the DTS instead. The
+    counts carry across seeks within one open asset, so a seek does not forget what was learnt.
+    """
+
+    def __init__(self) -> None:
+        self.faulty_pts = 0
+        self.faulty_dts = 0
+        self.last_pts: int | None = None
+        self.last_dts: int | None = None
+
+    def guess(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        if (self.faulty_pts <= self.faulty_dts or dts is None) and pts is not None:
+            return pts
+        return dts
+
+    def reset_sequence(self) -> None:
+        """After a seek the previous timestamps are no reference (the fault counts stay)."""
+        self.last_pts = self.last_dts = None
+
+
+def _is_attached_picture(stream: Any) -> bool:
+    try:
+        return bool(stream.disposition & av.stream.Disposition.attached_pic)
+    except AttributeError:
+        return False
+
+
+def _io_opener(source: Source) -> Any:
+    """FFmpeg asks for nested resources (HLS playlists, segments) through this, never by itself."""
+
+    def io_open(url: str, flags: int, options: dict[str, Any]) -> BinaryIO:
+        return source.open_related(url)
+
+    return io_open
