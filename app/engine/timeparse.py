@@ -20,10 +20,10 @@ from fractions import Fraction
 from app.engine.errors import InvalidParameter
 
 _DECIMAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-_DECIMAL_RE = re.compile(rf"^{_DECIMAL}$")
-_RATIONAL_RE = re.compile(r"^([+-]?\d+)/(\d+)$")
-_PERCENT_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)%$")
-_CLOCK_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
+_DECIMAL_RE = re.compile(rf"^{_DECIMAL}$", re.ASCII)
+_RATIONAL_RE = re.compile(r"^([+-]?\d+)/(\d+)$", re.ASCII)
+_PERCENT_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)%$", re.ASCII)
+_CLOCK_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$", re.ASCII)
 _MAX_CHARS = 64  # a time is short; refuse novels before any regex or big-number work
 _MAX_EXPONENT = 12  # 1e12 s is ~31,000 years: plenty, and keeps Fraction arithmetic small
 
