@@ -449,33 +449,57 @@ class ImageGenerator:
         # No frame starts inside the window: the frame on screen throughout it is the answer.
         return on_screen
 
-    def _keyframe_candidates(self, seconds: Fraction, low: Fraction | None, high: Fraction | None) -> list[int]:
-        """Keyframe timestamps to try, nearest to t first (from the index, else by probing)."""
+    def _keyframe_candidates(
+        self, seconds: Fraction, low: Fraction | None, high: Fraction | None
+    ) -> list[int | _Decoded]:
+        """Keyframes to try, nearest to t first: index timestamps to decode, or frames already decoded
+        while probing a container that has no index."""
         if self._synthetic_pts:
             return []
-        keys = self._keyframes or self._probe_keyframes(seconds)
+        margin = Fraction(1, 2)  # index timestamps can be DTS: the decoded PTS is checked afterwards
+        keys: list[int | _Decoded] = [*self._keyframes] or [*self._probe_keyframes(seconds)]
+
+        def time_of(key: int | _Decoded) -> Fraction:
+            return self._time_of(key if isinstance(key, int) else key.pts)
+
         window = [
             k
             for k in keys
-            if (low is None or self._time_of(k) >= low - Fraction(1, 2))
-            and (high is None or self._time_of(k) <= high + Fraction(1, 2))
+            if (low is None or time_of(k) >= low - margin) and (high is None or time_of(k) <= high + margin)
         ]
-        # Index timestamps can be DTS; the decoded PTS is checked against the window afterwards.
-        return sorted(window, key=lambda k: (abs(self._time_of(k) - seconds), k))[:4]
+        return sorted(window, key=lambda k: abs(time_of(k) - seconds))[:4]
 
-    def _probe_keyframes(self, seconds: Fraction) -> list[int]:
-        """Without an index: the keyframes the demuxer seeks to around t."""
-        target = self._target_pts(max(seconds, Fraction(0)))
-        found: list[int] = []
-        for backward in (True, False):
-            with contextlib.suppress(av.error.FFmpegError):
-                self._seek(target, backward=backward)
-                for decoded in self._decode(trust_all=False):
-                    found.append(decoded.pts)
+    def _probe_keyframes(self, seconds: Fraction) -> list[_Decoded]:
+        """Without an index: the keyframe before t and the one after it, found by seeking.
+
+        Demuxers without an index (MPEG-TS) seek by bisection and may land past the target, so the
+        backward probe backs off until it lands at or before t, as exact grabs do.
+        """
+        duration = self.duration
+        clamped = max(min(seconds, duration) if duration is not None else seconds, Fraction(0))
+        target = self._target_pts(clamped)
+        found: dict[int, _Decoded] = {}
+        for step in (Fraction(0), *_BACKOFF_SECONDS, None):
+            if step is None:
+                frames = self._frames_from_start()
+            else:
+                frames = self._frames_after_seek(target - math.ceil(step / self._time_base))
+            first = next(frames, None)
+            if first is not None:
+                found[first.pts] = first
+                if first.pts <= target:
                     break
-        return found
+        with contextlib.suppress(av.error.FFmpegError):
+            self._seek(target, backward=False)
+            after = next(self._decode(trust_all=False), None)
+            if after is not None:
+                found[after.pts] = after
+        self._decoder_live = False
+        return list(found.values())
 
-    def _keyframe_at(self, timestamp: int) -> _Decoded | None:
+    def _keyframe_at(self, timestamp: int | _Decoded) -> _Decoded | None:
+        if isinstance(timestamp, _Decoded):
+            return timestamp
         try:
             self._seek(timestamp, backward=True)
         except av.error.FFmpegError:
