@@ -1,12 +1,33 @@
 """Where asset bytes come from: local files under the media root, or guarded HTTP(S).
 
 FFmpeg never opens a URL or path itself: it reads through the file-like objects made here.
-(Placeholder interface; implementation lands with the sources work.)
+
+Accepted source strings (see :func:`resolve_source`):
+
+* ``http://…`` / ``https://…``: fetched through the SSRF guard in :mod:`app.engine.fetch`.
+* a relative path (``clips/a.mp4``), resolved under ``settings.media_root``;
+* ``file:relative/path`` or ``file:///absolute/path`` (percent-encoded), and bare absolute paths:
+  only when they land inside the media root after resolving ``..`` and symlinks.
+
+Anything else with a scheme (``ftp:``, ``data:``, ``concat:``, ``pipe:``…) is refused. A relative path
+whose first segment contains ``:`` reads as a scheme; write it as ``./name:with:colons.mp4``.
 """
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol
+import os
+import re
+import stat
+import threading
+from pathlib import Path
+from typing import BinaryIO, Final, Protocol, cast
+from urllib.parse import quote, unquote_to_bytes, urljoin, urlsplit
+
+from app.config import Settings
+from app.engine.errors import EngineError
+from app.engine.fetch import HttpRangeReader, Resolver, check_url_full
+
+__all__ = ["HttpSource", "LocalSource", "Source", "resolve_source"]
 
 
 class Source(Protocol):
@@ -23,3 +44,250 @@ class Source(Protocol):
         """Open a resource the container refers to (an HLS playlist or segment), resolved relative to
         this source and passed through the same rules (media root confinement or the SSRF guard)."""
         ...
+
+
+_SCHEME_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_HTTP_SCHEMES: Final = ("http", "https")
+
+
+def _scheme_of(url: str) -> str | None:
+    m = _SCHEME_RE.match(url)
+    return m.group(1).lower() if m else None
+
+
+def _refuse_scheme(scheme: str) -> EngineError:
+    return EngineError(
+        "source_forbidden",
+        f"source scheme '{scheme}:' is not supported; use an http(s) URL or a path under the media root",
+    )
+
+
+def _check_chars(text: str) -> None:
+    if not text:
+        raise EngineError("invalid_parameter", "the source is empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise EngineError("invalid_parameter", "the source contains control characters")
+
+
+# --------------------------------------------------------------------------------------------------
+# Local files
+# --------------------------------------------------------------------------------------------------
+
+
+def _media_root(settings: Settings) -> Path:
+    if settings.media_root is None:
+        raise EngineError("source_forbidden", "local files are disabled on this server (no media root)")
+    root = Path(os.path.realpath(settings.media_root))
+    if not root.is_dir():
+        raise EngineError("source_not_found", "local source not found")
+    return root
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+class LocalSource:
+    """A regular file inside the media root.
+
+    ``path`` is relative to the media root, or absolute; either way it must resolve (``..`` and
+    symlinks included) to a regular file inside the root.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], settings: Settings, *, resolver: Resolver | None = None) -> None:
+        self.settings = settings
+        self._resolver = resolver
+        root = _media_root(settings)
+        text = os.fspath(path)
+        if not text or "\x00" in text:
+            raise EngineError("invalid_parameter", "malformed local path")
+        candidate = text if os.path.isabs(text) else os.path.join(root, text)
+        real = Path(os.path.realpath(candidate))
+        if not _inside(root, real):
+            raise EngineError("source_forbidden", "the path is outside the media root")
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            raise EngineError("source_not_found", "local source not found") from None
+        except PermissionError:
+            raise EngineError("source_forbidden", "local source is not readable") from None
+        except (OSError, ValueError):
+            raise EngineError("source_not_found", "local source not found") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise EngineError("invalid_parameter", "the source is a directory, not a media file")
+        if not stat.S_ISREG(st.st_mode):
+            raise EngineError("invalid_parameter", "the source is not a regular file")
+        self.root = root
+        self.path = real  # absolute, resolved; never shown to clients
+        self.relpath = real.relative_to(root).as_posix()
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        self.identity = f"file:{self.relpath}:{self.size}:{self.mtime_ns}"
+        self.display_name = self.relpath
+
+    def __repr__(self) -> str:
+        return f"LocalSource({self.relpath!r})"
+
+    def open(self) -> BinaryIO:
+        # The file was resolved already; refuse if its last component became a symlink since.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            raise EngineError("source_not_found", "local source not found") from None
+        except OSError:
+            raise EngineError("source_forbidden", "local source cannot be opened") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise EngineError("invalid_parameter", "the source is not a regular file")
+            return cast(BinaryIO, os.fdopen(fd, "rb"))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def related_source(self, url: str) -> Source:
+        """The source ``url`` (from a playlist in this file) refers to, resolved against this file."""
+        _check_chars(url)
+        scheme = _scheme_of(url)
+        if scheme in _HTTP_SCHEMES:
+            return HttpSource(url, self.settings, resolver=self._resolver)
+        if scheme is not None and scheme != "file":
+            raise _refuse_scheme(scheme)
+        base = "file://" + quote(os.fsencode(self.path), safe="/")
+        return _local_from_file_url(urljoin(base, url), self.settings, resolver=self._resolver)
+
+    def open_related(self, url: str) -> BinaryIO:
+        return self.related_source(url).open()
+
+
+def _local_from_file_url(url: str, settings: Settings, *, resolver: Resolver | None = None) -> LocalSource:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise EngineError("source_forbidden", "file: URLs naming a host are not allowed")
+    if parts.query:
+        raise EngineError("invalid_parameter", "file: URLs cannot carry a query")
+    raw = unquote_to_bytes(parts.path)
+    if not raw or b"\x00" in raw:
+        raise EngineError("invalid_parameter", "malformed file: URL")
+    return LocalSource(os.fsdecode(raw), settings, resolver=resolver)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP(S)
+# --------------------------------------------------------------------------------------------------
+
+
+class HttpSource:
+    """A remote asset read with HTTP Range requests through the SSRF guard.
+
+    The URL is checked when the source is made and again (with every redirect hop) on each request.
+    ``identity`` is learnt from the first response (ETag, Last-Modified, size); reading it makes that
+    request if needed, and the reader it opened is handed to the next :meth:`open`.
+    """
+
+    def __init__(self, url: str, settings: Settings, *, resolver: Resolver | None = None) -> None:
+        checked = check_url_full(url, settings, resolver)
+        self.url = checked.url  # normalised
+        self.settings = settings
+        self._resolver = resolver
+        host = f"[{checked.host}]" if ":" in checked.host else checked.host
+        port = "" if checked.port == {"http": 80, "https": 443}[checked.scheme] else f":{checked.port}"
+        path = urlsplit(checked.url).path or "/"
+        self.display_name = f"{checked.scheme}://{host}{port}{path}"  # no query: it may hold tokens
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.size: int | None = None
+        self.final_url: str | None = None
+        self._identity: str | None = None
+        self._spare: HttpRangeReader | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.display_name!r})"
+
+    def __getstate__(self) -> dict[str, object]:
+        # Picklable for worker processes: the lock and any open reader stay behind.
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        state["_spare"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _learn(self, reader: HttpRangeReader) -> None:
+        if self._identity is None:
+            self.etag, self.last_modified, self.size = reader.etag, reader.last_modified, reader.size
+            self.final_url = reader.final_url
+            size = "" if reader.size is None else str(reader.size)
+            self._identity = f"http:{self.url}:{reader.etag or ''}:{reader.last_modified or ''}:{size}"
+
+    def _new_reader(self) -> HttpRangeReader:
+        return HttpRangeReader(self.url, self.settings, resolver=self._resolver)
+
+    @property
+    def identity(self) -> str:
+        with self._lock:
+            if self._identity is None:
+                reader = self._new_reader()
+                self._learn(reader)
+                self._spare = reader
+            assert self._identity is not None
+            return self._identity
+
+    @identity.setter
+    def identity(self, value: str) -> None:
+        with self._lock:
+            self._identity = value
+
+    def open(self) -> BinaryIO:
+        with self._lock:
+            reader, self._spare = self._spare, None
+        if reader is None or reader.closed:
+            reader = self._new_reader()
+            with self._lock:
+                self._learn(reader)
+        return cast(BinaryIO, reader)
+
+    def related_source(self, url: str) -> HttpSource:
+        """The source ``url`` (from a playlist fetched here) refers to: http(s) only, guarded."""
+        _check_chars(url)
+        scheme = _scheme_of(url)
+        if scheme is not None and scheme not in _HTTP_SCHEMES:
+            raise _refuse_scheme(scheme)
+        return HttpSource(urljoin(self.final_url or self.url, url), self.settings, resolver=self._resolver)
+
+    def open_related(self, url: str) -> BinaryIO:
+        return self.related_source(url).open()
+
+    def close(self) -> None:
+        """Release a reader opened for ``identity`` and never handed out."""
+        with self._lock:
+            reader, self._spare = self._spare, None
+        if reader is not None:
+            reader.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_source(url: str, settings: Settings, *, resolver: Resolver | None = None) -> Source:
+    """Turn the client's ``url`` parameter into a :class:`Source`, applying every access rule.
+
+    Raises ``EngineError``: ``source_forbidden`` (local files disabled, outside the media root,
+    scheme not allowed, SSRF guard), ``source_not_found``, ``invalid_parameter``, or
+    ``source_unreachable`` (the host does not resolve).
+    """
+    _check_chars(url)
+    scheme = _scheme_of(url)
+    if scheme in _HTTP_SCHEMES:
+        return HttpSource(url, settings, resolver=resolver)
+    if scheme == "file":
+        _media_root(settings)  # "disabled" beats any other complaint
+        return _local_from_file_url(url, settings, resolver=resolver)
+    if scheme is not None:
+        raise _refuse_scheme(scheme)
+    return LocalSource(url, settings, resolver=resolver)
