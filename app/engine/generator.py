@@ -498,17 +498,21 @@ class ImageGenerator:
         return list(found.values())
 
     def _keyframe_at(self, timestamp: int | _Decoded) -> _Decoded | None:
+        """Decode the keyframe of an index entry (or take one the probe already decoded)."""
         if isinstance(timestamp, _Decoded):
             return timestamp
+        # Index entries carry DTS while demuxers such as mov seek by PTS, so seeking to the entry
+        # itself can land one GOP early: aim just before the next keyframe entry instead.
+        later = [k for k in self._keyframes if k > timestamp]
+        aim = later[0] - 1 if later else timestamp + math.ceil(Fraction(3600) / self._time_base)
         try:
-            self._seek(timestamp, backward=True)
+            self._seek(aim, backward=True)
         except av.error.FFmpegError:
             return None
-        for decoded in self._decode(trust_all=False):
-            self._lookahead = None
-            self._decoder_live = False
-            return decoded
-        return None
+        decoded = next(self._decode(trust_all=False), None)
+        self._lookahead = None
+        self._decoder_live = False
+        return decoded
 
     # ------------------------------------------------------------------ decoding
 

@@ -1,0 +1,134 @@
+"""The ``stillframe`` command: serve the API, grab frames, sign URLs, write the OpenAPI document."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.engine.errors import EngineError
+from app.engine.timeparse import format_fraction
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    return 0
+
+
+def _grab(args: argparse.Namespace) -> int:
+    from app.config import get_settings
+    from app.engine.generator import FrameFailure, ImageGenerator
+    from app.engine.sources import resolve_source
+    from app.schemas import RenderParams
+
+    params = RenderParams(
+        tolerance=args.tolerance,
+        rotate=args.rotate,
+        aperture=args.aperture,
+        width=args.width,
+        height=args.height,
+        fit=args.fit,
+        dynamic_range=args.dynamic_range,
+        format=args.format,
+        quality=args.quality,
+        stream=args.stream,
+    )
+    image_format = params.format or (Path(args.out).suffix.lstrip(".").lower() if args.out else "") or "jpeg"
+    image_format = {"jpg": "jpeg"}.get(image_format, image_format)
+    options = params.grab_options(image_format)  # type: ignore[arg-type]
+    # A path on the command line is the operator's own file: no media-root confinement for it.
+    source = args.source if "://" in args.source else Path(args.source)
+    if not isinstance(source, Path):
+        source = resolve_source(args.source, get_settings())
+    status = 0
+    with ImageGenerator(source, options) as generator:
+        for result in generator.images_for(args.at):
+            requested = args.at[result.index]
+            if isinstance(result, FrameFailure):
+                print(f"{requested}\terror\t{result.error.code}: {result.error.detail}", file=sys.stderr)
+                status = 1
+                continue
+            out = _output_path(args.out, requested, image_format, len(args.at), result.index)
+            out.write_bytes(result.image)
+            print(f"{requested}\t{format_fraction(result.actual_time)}\t{out}")
+    return status
+
+
+def _output_path(template: str | None, requested: str, image_format: str, count: int, index: int) -> Path:
+    ext = "jpg" if image_format == "jpeg" else image_format
+    if template is None:
+        return Path(f"frame-{index:04d}.{ext}" if count > 1 else f"frame.{ext}")
+    path = Path(template)
+    if count == 1:
+        return path
+    return path.with_name(f"{path.stem}-{index:04d}{path.suffix or '.' + ext}")
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from app.main import create_app
+
+    document = json.dumps(create_app().openapi(), indent=2, sort_keys=True) + "\n"
+    if args.out == "-":
+        sys.stdout.write(document)
+    else:
+        Path(args.out).write_text(document)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.demo import ensure_demo_media
+
+    print(ensure_demo_media(Path(args.directory)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stillframe", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API under uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=_serve)
+
+    grab = commands.add_parser("grab", help="write the image at one or more times")
+    grab.add_argument("source", help="a local file path, or an http(s) URL")
+    grab.add_argument("--at", action="append", required=True, help="a time (repeat for several)")
+    grab.add_argument("--out", "-o", help="output file (several times: numbered beside it)")
+    grab.add_argument("--tolerance")
+    grab.add_argument("--rotate", choices=["auto", "none"], default="auto")
+    grab.add_argument("--aperture", choices=["clean", "production", "encoded"], default="clean")
+    grab.add_argument("--width", type=int)
+    grab.add_argument("--height", type=int)
+    grab.add_argument("--fit", choices=["contain", "cover", "fill", "pad"], default="contain")
+    grab.add_argument("--dynamic-range", choices=["sdr", "native"], default="sdr")
+    grab.add_argument("--format", choices=["jpeg", "png", "webp", "avif"])
+    grab.add_argument("--quality", type=int)
+    grab.add_argument("--stream", type=int)
+    grab.set_defaults(handler=_grab)
+
+    openapi = commands.add_parser("openapi", help="print or write the OpenAPI document")
+    openapi.add_argument("--out", default="-")
+    openapi.set_defaults(handler=_openapi)
+
+    demo = commands.add_parser("demo-media", help="make the demo video in a directory")
+    demo.add_argument("directory")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except EngineError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Shared fixtures: an app with test settings, and the real-media corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings, get_settings
+from app.main import create_app
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., TestClient]]:
+    """``make_client(media_root=..., **settings)``: a TestClient over an app with those settings."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        settings = Settings(**overrides)
+        application = create_app()
+        application.dependency_overrides[get_settings] = lambda: settings
+        client = TestClient(application, raise_server_exceptions=False)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared media corpus not found at {CORPUS}: real-media tests skipped")
+    return CORPUS

@@ -1,0 +1,217 @@
+"""GET/POST /v1/frame over HTTP: headers, negotiation, caching, and every problem code."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.engine.errors import ERROR_CODES
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@pytest.fixture(scope="module")
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A media root with clips made here: 25 fps H.264 with B-frames, audio only, and junk."""
+    root = tmp_path_factory.mktemp("media")
+    run = ["-hide_banner", "-loglevel", "error", "-y"]
+    subprocess.run(
+        [FFMPEG, *run, "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=4",
+         "-c:v", "libx264", "-bf", "2", "-g", "25", "-pix_fmt", "yuv420p", str(root / "clip.mp4")],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(
+        [FFMPEG, *run, "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(root / "audio.m4a")], check=True
+    )
+    (root / "notes.txt").write_text("not a video\n" * 100)
+    (root / "sub").mkdir()
+    (root / "sub" / "clip.mp4").write_bytes((root / "clip.mp4").read_bytes())
+    return root
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient], media_root: Path) -> TestClient:
+    return make_client(media_root=media_root)
+
+
+def assert_problem(response: object, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    assert response.headers["content-type"].startswith("application/problem+json")  # type: ignore[attr-defined]
+    body = response.json()  # type: ignore[attr-defined]
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["type"] == f"/problems/{code}"
+    assert body["title"]
+    return body  # type: ignore[no-any-return]
+
+
+def test_get_frame_headers_and_image(client: TestClient) -> None:
+    response = client.get("/v1/frame", params={"url": "clip.mp4", "t": "1.03"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.headers["x-actual-time"] == "1"  # frames at 0.04 s steps: 1.00 is on screen at 1.03
+    assert response.headers["x-requested-time"] == "1.03"
+    value, timescale = map(int, response.headers["x-actual-time-rational"].split("/"))
+    assert value / timescale == 1
+    assert response.headers["etag"].startswith('"') and not response.headers["etag"].startswith("W/")
+    assert "max-age" in response.headers["cache-control"]
+    assert response.headers["vary"] == "Accept"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "JPEG" and image.size == (320, 240)
+
+
+def test_exact_frame_times_and_rationals(client: TestClient) -> None:
+    for t, actual in [("0", "0"), ("0.04", "0.04"), ("0.0399999", "0"), ("1/25", "0.04"), ("50%", "2"), ("4", "3.96")]:
+        response = client.get("/v1/frame", params={"url": "clip.mp4", "t": t, "format": "png"})
+        assert response.status_code == 200, (t, response.text)
+        assert response.headers["x-actual-time"] == actual, t
+
+
+def test_post_frame_json_body(client: TestClient) -> None:
+    response = client.post("/v1/frame", json={"url": "sub/clip.mp4", "t": "1001/25000", "format": "png", "width": 160})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-actual-time"] == "0.04"
+    assert "vary" not in response.headers
+    assert Image.open(io.BytesIO(response.content)).size == (160, 120)
+    # A JSON number is read by its shortest decimal form, not its binary float value.
+    response = client.post("/v1/frame", json={"url": "clip.mp4", "t": 0.04})
+    assert response.headers["x-actual-time"] == "0.04"
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        ("image/avif,image/webp,*/*", "image/avif"),
+        ("image/webp,image/*;q=0.8", "image/webp"),
+        ("image/png", "image/png"),
+        ("*/*", "image/jpeg"),
+        (None, "image/jpeg"),
+    ],
+)
+def test_format_negotiation(client: TestClient, accept: str | None, content_type: str) -> None:
+    headers = {"Accept": accept} if accept else {}
+    response = client.get("/v1/frame", params={"url": "clip.mp4", "t": "1"}, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == content_type
+    assert response.headers["vary"] == "Accept"
+
+
+def test_if_none_match_answers_304(client: TestClient) -> None:
+    first = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2"})
+    etag = first.headers["etag"]
+    again = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2"}, headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.headers["etag"] == etag
+    other = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2.5"}, headers={"If-None-Match": etag})
+    assert other.status_code == 200 and other.headers["etag"] != etag
+
+
+def test_tolerance_returns_keyframe(client: TestClient) -> None:
+    response = client.get("/v1/frame", params={"url": "clip.mp4", "t": "1.9", "tolerance": "inf"})
+    assert response.status_code == 200
+    assert response.headers["x-actual-time"] == "2"  # keyframes every 25 frames: 1 s and 2 s; 2 is nearer
+
+
+# ---------------------------------------------------------------- every problem code, by a real request
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"url": "clip.mp4", "t": "abc"}, "invalid_parameter"),
+        ({"url": "clip.mp4", "t": "1", "width": "0"}, "invalid_parameter"),
+        ({"url": "clip.mp4", "t": "1", "fit": "squash"}, "invalid_parameter"),
+        ({"url": "clip.mp4", "t": "1", "tolerance": "-1"}, "invalid_parameter"),
+        ({"url": "clip.mp4", "t": "1", "bogus": "1"}, "invalid_parameter"),
+        ({"t": "1"}, "invalid_parameter"),
+        ({"url": "clip.mp4", "t": "4.5"}, "no_image_at_time"),
+        ({"url": "clip.mp4", "t": "-0.5"}, "no_image_at_time"),
+        ({"url": "missing.mp4", "t": "0"}, "source_not_found"),
+        ({"url": "../etc/passwd", "t": "0"}, "source_forbidden"),
+        ({"url": "file:///etc/passwd", "t": "0"}, "source_forbidden"),
+        ({"url": "http://127.0.0.1/x.mp4", "t": "0"}, "source_forbidden"),
+        ({"url": "http://169.254.169.254/latest/meta-data", "t": "0"}, "source_forbidden"),
+        ({"url": "concat:clip.mp4|clip.mp4", "t": "0"}, "source_forbidden"),
+        ({"url": "notes.txt", "t": "0"}, "unsupported_media"),
+        ({"url": "audio.m4a", "t": "0"}, "no_video_stream"),
+    ],
+)
+def test_problem_codes(client: TestClient, params: dict[str, str], code: str) -> None:
+    response = client.get("/v1/frame", params=params)
+    body = assert_problem(response, ERROR_CODES[code][0], code)
+    assert "Traceback" not in str(body) and "/tmp" not in str(body)
+
+
+def test_no_media_root_means_no_local_files(make_client: Callable[..., TestClient]) -> None:
+    response = make_client().get("/v1/frame", params={"url": "clip.mp4", "t": "0"})
+    assert_problem(response, 403, "source_forbidden")
+
+
+def test_decode_failed_on_a_stream_that_never_decodes(make_client: Callable[..., TestClient], corpus: Path) -> None:
+    response = make_client(media_root=corpus).get(
+        "/v1/frame", params={"url": "corrupt_vp9_invalid_bitstream.webm", "t": "0.5"}
+    )
+    assert_problem(response, 422, "decode_failed")
+
+
+def test_source_unreachable_and_too_large(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    from tests.http_server import serve_directory  # the loopback Range server shared with the fetch tests
+
+    (tmp_path / "big.bin").write_bytes(b"\0" * 200_000)
+    with serve_directory(tmp_path) as base:
+        port = int(base.rsplit(":", 1)[1].split("/")[0])
+        client = make_client(allowed_networks="127.0.0.0/8", allowed_ports=str(port), max_source_bytes=1000)
+        assert_problem(client.get("/v1/frame", params={"url": f"{base}/big.bin"}), 422, "source_too_large")
+        assert_problem(client.get("/v1/frame", params={"url": f"{base}/absent.mp4"}), 404, "source_not_found")
+    client = make_client(allowed_networks="127.0.0.0/8", allowed_ports=str(port))
+    assert_problem(
+        client.get("/v1/frame", params={"url": f"http://127.0.0.1:{port}/gone.mp4"}), 502, "source_unreachable"
+    )
+
+
+def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
+    assert_problem(client.get("/v2/nothing"), 404, "not_found")
+    assert_problem(client.delete("/v1/frame"), 405, "method_not_allowed")
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+# ---------------------------------------------------------------- hostile and broken files in the corpus
+
+BROKEN = [
+    "corrupt_decord.mp4",
+    "corrupt_h264_invalid_nalu.mp4",
+    "corrupt_malformed_free_box.mp4",
+    "corrupt_mdat_too_long.mp4",
+    "corrupt_mpeg_ps_with_junk.mpg",
+    "corrupt_vp9_invalid_bitstream.webm",
+    "dolbyvision_av1_dav1_no_decoder.mp4",
+    "mp4_annexb_h264_truncated.mp4",
+    "ts_truncated_1mib_no_aud.ts",
+    "MANIFEST.md",
+    "provenance.json",
+    "h264_interlaced_raw_annexb.h264.md5",
+]
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_and_non_video_files_never_500(make_client: Callable[..., TestClient], corpus: Path, name: str) -> None:
+    client = make_client(media_root=corpus)
+    for t in ("0", "0.5", "50%", "99999"):
+        response = client.get("/v1/frame", params={"url": name, "t": t})
+        assert response.status_code < 500, (name, t, response.text)
+        if response.status_code != 200:
+            assert response.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/healthz").status_code == 200
