@@ -17,6 +17,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "no_video_stream": (422, "No video stream"),
     "decode_failed": (422, "Decode failed"),
     "source_too_large": (422, "Source too large"),
+    "decode_timeout": (504, "Decode timed out"),
+    "queue_full": (429, "Too many requests in flight"),
+    "cancelled": (409, "Cancelled"),
 }
 
 
