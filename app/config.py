@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +40,14 @@ class Settings(BaseSettings):
     max_source_pixels: int = 7680 * 4320
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
+
+    # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Decoder processes.")
+    decode_timeout: float = Field(default=30.0, gt=0, description="Seconds a task may go without producing a frame.")
+    queue_limit: int = Field(default=64, ge=1, description="Tasks queued or running; past it the API answers 429.")
+    open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")
+    worker_memory_limit: int = Field(default=4 * 1024**3, description="Address-space cap of a decoder process.")
+    worker_max_open_files: int = 256
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from app import __version__
 from app.api import frames, health
 from app.api.problems import install_problem_handlers
-from app.config import get_settings
+from app.config import Settings, get_settings
+from app.pool.process import ProcessDecoderPool
 
 log = logging.getLogger("stillframe")
 
 
-def create_app() -> FastAPI:
-    settings = get_settings()
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app, with ``settings`` (default: from the environment) for every route and the pool."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        pool = ProcessDecoderPool(settings)
+        await pool.start()
+        application.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.stop()
+
     application = FastAPI(
+        lifespan=lifespan,
         title="stillframe",
         version=__version__,
         summary="The frame at a time: AVAssetImageGenerator as an HTTP service.",
@@ -26,6 +42,8 @@ def create_app() -> FastAPI:
             "unlike AVAssetImageGenerator's infinite default; pass `tolerance=inf` for the nearest keyframe."
         ),
     )
+    application.state.settings = settings
+    application.dependency_overrides[get_settings] = lambda: settings  # every Depends(get_settings) sees these
     install_problem_handlers(application)
     application.include_router(frames.router)
     application.include_router(health.router)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.main import create_app
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -21,16 +21,15 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def factory(**overrides: Any) -> TestClient:
-        settings = Settings(**overrides)
-        application = create_app()
-        application.dependency_overrides[get_settings] = lambda: settings
-        client = TestClient(application, raise_server_exceptions=False)
+        overrides.setdefault("workers", 1)  # one decoder process is plenty for a test, and starts fast
+        client = TestClient(create_app(Settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()  # runs the lifespan: the decoder pool starts
         clients.append(client)
         return client
 
     yield factory
     for client in clients:
-        client.close()
+        client.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -12,7 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.config import Settings
 from app.engine.errors import ERROR_CODES
+from app.main import create_app
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -36,9 +38,10 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def client(make_client: Callable[..., TestClient], media_root: Path) -> TestClient:
-    return make_client(media_root=media_root)
+@pytest.fixture(scope="module")
+def client(media_root: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(media_root=media_root, workers=1)), raise_server_exceptions=False) as client:
+        yield client
 
 
 def assert_problem(response: object, status: int, code: str) -> dict[str, object]:

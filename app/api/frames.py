@@ -6,15 +6,17 @@ import hashlib
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import get_pool
 from app.api.problems import Problem
 from app.config import Settings, get_settings
 from app.engine.encode import negotiate_format
-from app.engine.generator import FrameResult, ImageGenerator
-from app.engine.sources import Source, resolve_source
+from app.engine.generator import FrameResult
+from app.engine.sources import LocalSource, resolve_source
 from app.engine.timeparse import format_fraction
+from app.pool.base import DecoderPool, GrabTask
 from app.schemas import FrameParams
 
 router = APIRouter(tags=["frames"])
@@ -53,65 +55,77 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _etag(source: Source, params: FrameParams, image_format: str) -> str:
-    """A strong validator known before decoding: the output is a pure function of the source's bytes
-    (its identity changes with them) and every option, so a match needs no decode at all."""
+def _etag(source_identity: str, params: FrameParams, image_format: str) -> str:
+    """A strong validator: the output is a pure function of the source's bytes (its identity changes
+    with them) and every option, so for a local file a match needs no decode at all."""
     options = params.model_dump(exclude={"url", "format"})
-    blob = json.dumps([source.identity, image_format, options], sort_keys=True, default=str)
+    blob = json.dumps([source_identity, image_format, options], sort_keys=True, default=str)
     return '"' + hashlib.sha256(blob.encode()).hexdigest()[:32] + '"'
 
 
-def _grab(source: Source, params: FrameParams, image_format: str, settings: Settings) -> FrameResult:
-    options = params.grab_options(image_format)  # type: ignore[arg-type]
-    with ImageGenerator(source, options, max_output_pixels=settings.max_output_pixels) as generator:
-        return generator.image_at(params.t)
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = {tag.strip() for tag in if_none_match.split(",")}
+    return etag in tags or "*" in tags
 
 
 async def serve_frame(
-    params: FrameParams, request: Request, settings: Settings, accept: str | None, if_none_match: str | None
+    params: FrameParams, settings: Settings, pool: DecoderPool, accept: str | None, if_none_match: str | None
 ) -> Response:
     image_format = params.format or negotiate_format(accept)
+    # Refuse bad sources here, before any queueing (an SSRF refusal needs no decoder).
     source = await run_in_threadpool(resolve_source, params.url, settings)
-    etag = _etag(source, params, image_format)
-    headers = {"ETag": etag, "Cache-Control": settings.cache_control}
+    headers = {"Cache-Control": settings.cache_control}
     if params.format is None:
         headers["Vary"] = "Accept"
-    if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")} | {"*"} - {""}:
+    if isinstance(source, LocalSource):  # identity is a stat away: answer 304 without decoding
+        etag = _etag(source.identity, params, image_format)
+        if _matches(if_none_match, etag):
+            return Response(status_code=304, headers={**headers, "ETag": etag})
+    task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
+    result = await pool.grab(task)
+    etag = _etag(result.source_identity, params, image_format)
+    headers["ETag"] = etag
+    if _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    result = await run_in_threadpool(_grab, source, params, image_format, settings)
-    headers.update(
-        {
-            "X-Actual-Time": format_fraction(result.actual_time),
-            "X-Actual-Time-Rational": result.actual_time_rational,
-            "X-Requested-Time": format_fraction(result.requested_time),
-            "Content-Disposition": f'inline; filename="frame-{format_fraction(result.actual_time)}.{image_format}"',
-            "Access-Control-Expose-Headers": "X-Actual-Time, X-Actual-Time-Rational, X-Requested-Time, ETag",
-        }
-    )
+    headers.update(image_headers(result, image_format))
     return Response(content=result.image, media_type=result.content_type, headers=headers)
+
+
+def image_headers(result: FrameResult, image_format: str) -> dict[str, str]:
+    """The time headers of an image response (shared with job results)."""
+    actual = format_fraction(result.actual_time)
+    return {
+        "X-Actual-Time": actual,
+        "X-Actual-Time-Rational": result.actual_time_rational,
+        "X-Requested-Time": format_fraction(result.requested_time),
+        "Content-Disposition": f'inline; filename="frame-{actual}.{"jpg" if image_format == "jpeg" else image_format}"',
+        "Access-Control-Expose-Headers": "X-Actual-Time, X-Actual-Time-Rational, X-Requested-Time, ETag",
+    }
 
 
 @router.get("/v1/frame", responses=_IMAGE_RESPONSES, response_class=Response, summary="The image at a time")
 async def get_frame(
-    request: Request,
     params: Annotated[FrameParams, Query()],
     settings: Annotated[Settings, Depends(get_settings)],
+    pool: Annotated[DecoderPool, Depends(get_pool)],
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Like `AVAssetImageGenerator.image(at:)`: the frame on screen at `t` (exact by default)."""
-    return await serve_frame(params, request, settings, accept, if_none_match)
+    return await serve_frame(params, settings, pool, accept, if_none_match)
 
 
 @router.post(
     "/v1/frame", responses=_IMAGE_RESPONSES, response_class=Response, summary="The image at a time (JSON body)"
 )
 async def post_frame(
-    request: Request,
     params: FrameParams,
     settings: Annotated[Settings, Depends(get_settings)],
+    pool: Annotated[DecoderPool, Depends(get_pool)],
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The same as `GET /v1/frame`, with the parameters as a JSON body."""
-    return await serve_frame(params, request, settings, accept, if_none_match)
+    return await serve_frame(params, settings, pool, accept, if_none_match)

@@ -46,9 +46,19 @@ def problem_response(
     return JSONResponse(content, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+_RETRY_AFTER = {"queue_full": "1"}  # seconds: the pool drains fast; clients back off and come back
+
+
 def engine_problem(exc: EngineError, instance: str | None = None) -> JSONResponse:
+    retry_after = _RETRY_AFTER.get(exc.code)
     return problem_response(
-        exc.status, exc.code, exc.title, exc.detail, instance=instance, parameter=getattr(exc, "parameter", None)
+        exc.status,
+        exc.code,
+        exc.title,
+        exc.detail,
+        instance=instance,
+        headers={"Retry-After": retry_after} if retry_after else None,
+        parameter=exc.parameter,
     )
 
 

@@ -26,12 +26,17 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 class EngineError(Exception):
     """A failure with a stable machine-readable code and a message safe to show a client."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, *, parameter: str | None = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.parameter = parameter
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross from decoder processes to the API: keep code, detail and parameter.
+        return (_restore, (self.code, self.detail, self.parameter))
 
     @property
     def status(self) -> int:
@@ -47,5 +52,8 @@ class EngineError(Exception):
 
 class InvalidParameter(EngineError):
     def __init__(self, detail: str, *, parameter: str | None = None) -> None:
-        super().__init__("invalid_parameter", detail)
-        self.parameter = parameter
+        super().__init__("invalid_parameter", detail, parameter=parameter)
+
+
+def _restore(code: str, detail: str, parameter: str | None) -> EngineError:
+    return EngineError(code, detail, parameter=parameter)

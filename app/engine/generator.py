@@ -57,6 +57,7 @@ class FrameResult:
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    source_identity: str = ""  # set by whoever resolved the source (the decoder pool)
 
     @property
     def ok(self) -> bool:

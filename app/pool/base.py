@@ -1,0 +1,43 @@
+"""The decoder pool interface: the API and the job runner only ever talk to this."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.engine.generator import FrameFailure, FrameResult
+from app.engine.options import GrabOptions
+
+
+@dataclass(frozen=True)
+class GrabTask:
+    """One unit of decode work: a source (as the client named it) and the times wanted from it.
+
+    The worker resolves ``url`` itself (under the same media-root and SSRF rules), so a task is
+    plain data that crosses process boundaries and, later, a Redis queue.
+    """
+
+    url: str
+    times: tuple[str, ...]
+    options: GrabOptions = field(default_factory=GrabOptions)
+
+
+class DecoderPool(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def grab(self, task: GrabTask) -> FrameResult:
+        """The image for ``task.times[0]``; raises EngineError (``queue_full``, ``decode_timeout``,
+        ``decode_failed`` when a worker dies, or the engine's own codes)."""
+        ...
+
+    def grab_many(self, task: GrabTask) -> AsyncIterator[FrameResult | FrameFailure]:
+        """Every time of ``task``, each result as soon as it exists (ascending time, not request
+        order: each carries its request ``index``). Closing the iterator cancels what is left."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether the pool can take work now (for /readyz)."""
+        ...

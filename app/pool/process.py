@@ -1,0 +1,268 @@
+"""A pool of decoder worker processes, driven from the asyncio event loop.
+
+* One task runs at a time per worker; tasks wait in the pool's own queues, so when a worker dies
+  we know exactly which task it was running (that one fails with ``decode_failed``; the queued
+  ones go to its replacement).
+* Affinity: a task goes to the worker that last served its URL while that worker is not
+  overloaded, so the asset is already open there; otherwise to the least loaded worker.
+* A watchdog kills a worker whose task has produced nothing for ``decode_timeout`` seconds; the
+  caller gets ``decode_timeout`` (504) and a fresh worker takes the slot.
+* ``queue_limit`` bounds tasks queued or running: past it, ``queue_full`` (429) at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from app.config import Settings
+from app.engine.errors import EngineError
+from app.engine.generator import FrameFailure, FrameResult
+from app.pool.base import GrabTask
+from app.pool.worker import worker_main
+
+log = logging.getLogger("stillframe.pool")
+
+_AFFINITY_MAX_BACKLOG = 2  # a worker with more queued than this loses its affinity claims
+_CONTEXT = multiprocessing.get_context("spawn")  # no fork of a threaded, event-looped parent
+
+
+@dataclass
+class _Task:
+    id: int
+    task: GrabTask
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    last_progress: float = 0.0
+    cancelled: bool = False
+
+
+class _Worker:
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.process: Any = None
+        self.conn: Connection | None = None
+        self.backlog: deque[_Task] = deque()
+        self.running: _Task | None = None
+        self.ready = False
+        self.send_lock = threading.Lock()
+
+    @property
+    def load(self) -> int:
+        return len(self.backlog) + (1 if self.running else 0)
+
+    def send(self, message: Any) -> bool:
+        with self.send_lock:
+            if self.conn is None:
+                return False
+            try:
+                self.conn.send(message)
+                return True
+            except (OSError, ValueError, BrokenPipeError):
+                return False
+
+
+class ProcessDecoderPool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._workers = [_Worker(slot) for slot in range(settings.workers)]
+        self._affinity: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._in_flight = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for worker in self._workers:
+            self._spawn(worker)
+        self._watchdog = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._watchdog:
+            self._watchdog.cancel()
+        for worker in self._workers:
+            worker.send(None)
+        deadline = time.monotonic() + 5
+        for worker in self._workers:
+            if worker.process is not None:
+                await asyncio.to_thread(worker.process.join, max(0.1, deadline - time.monotonic()))
+                if worker.process.is_alive():
+                    worker.process.kill()
+            for task in [*worker.backlog, *([worker.running] if worker.running else [])]:
+                task.queue.put_nowait(("error", EngineError("decode_failed", "the service is shutting down")))
+
+    def ready(self) -> bool:
+        return not self._stopping and any(w.ready for w in self._workers)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for operators and fault tests)."""
+        return [w.process.pid for w in self._workers if w.process is not None and w.process.is_alive()]
+
+    def _spawn(self, worker: _Worker) -> None:
+        parent, child = _CONTEXT.Pipe(duplex=True)
+        process = _CONTEXT.Process(
+            target=worker_main, args=(child, self.settings), name=f"stillframe-decoder-{worker.slot}", daemon=True
+        )
+        process.start()
+        child.close()
+        worker.process, worker.conn, worker.ready = process, parent, False
+        threading.Thread(
+            target=self._read, args=(worker, parent, process), name=f"pool-reader-{worker.slot}", daemon=True
+        ).start()
+
+    # ------------------------------------------------------------------ submitting
+
+    async def grab(self, task: GrabTask) -> FrameResult:
+        async with contextlib.aclosing(self.grab_many(task)) as items:
+            async for item in items:
+                if isinstance(item, FrameFailure):
+                    raise item.error
+                return item
+        raise EngineError("decode_failed", "the decoder produced no result")
+
+    async def grab_many(self, task: GrabTask) -> AsyncIterator[FrameResult | FrameFailure]:
+        if self._stopping:
+            raise EngineError("queue_full", "the service is shutting down")
+        if self._in_flight >= self.settings.queue_limit:
+            raise EngineError("queue_full", "too many decodes queued; retry shortly")
+        entry = _Task(next(self._ids), task, last_progress=time.monotonic())
+        self._in_flight += 1
+        worker = self._choose(task.url)
+        worker.backlog.append(entry)
+        self._pump(worker)
+        try:
+            while True:
+                kind, *payload = await entry.queue.get()
+                if kind == "item":
+                    yield payload[0]
+                elif kind == "error":
+                    raise payload[0]
+                else:  # done
+                    return
+        finally:
+            self._in_flight -= 1
+            self._cancel(entry)
+
+    def _choose(self, url: str) -> _Worker:
+        preferred = self._affinity.get(url)
+        if preferred is not None:
+            worker = self._workers[preferred]
+            if len(worker.backlog) < _AFFINITY_MAX_BACKLOG:
+                return worker
+        worker = min(self._workers, key=lambda w: (w.load, not w.ready))
+        self._affinity[url] = worker.slot
+        if len(self._affinity) > 10_000:  # bounded: forget the oldest claims
+            for key in list(self._affinity)[:5_000]:
+                del self._affinity[key]
+        return worker
+
+    def _pump(self, worker: _Worker) -> None:
+        """Hand the worker its next task if it is idle and ready."""
+        while worker.running is None and worker.ready and worker.backlog:
+            entry = worker.backlog.popleft()
+            if entry.cancelled:
+                continue
+            worker.running = entry
+            entry.last_progress = time.monotonic()
+            if not worker.send(("run", entry.id, entry.task)):
+                worker.running = None
+                worker.backlog.appendleft(entry)
+                return
+
+    def _cancel(self, entry: _Task) -> None:
+        if entry.cancelled:
+            return
+        entry.cancelled = True
+        for worker in self._workers:
+            if worker.running is entry:
+                worker.send(("cancel", entry.id))
+            elif entry in worker.backlog:
+                worker.backlog.remove(entry)
+
+    # ------------------------------------------------------------------ events from workers
+
+    def _read(self, worker: _Worker, conn: Connection, process: Any) -> None:
+        """Per-worker reader thread: blocking reads, handed to the event loop."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            loop.call_soon_threadsafe(self._on_message, worker, process, message)
+        loop.call_soon_threadsafe(self._on_exit, worker, process)
+
+    def _on_message(self, worker: _Worker, process: Any, message: Any) -> None:
+        if worker.process is not process:
+            return  # a message from a worker already replaced
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            self._pump(worker)
+            return
+        entry = worker.running
+        if entry is None or entry.id != message[1]:
+            return
+        entry.last_progress = time.monotonic()
+        if kind == "item" and not entry.cancelled:
+            entry.queue.put_nowait(("item", message[2]))
+        elif kind == "error" and not entry.cancelled:
+            entry.queue.put_nowait(("error", message[2]))
+        elif kind == "done":
+            entry.queue.put_nowait(("done",))
+            worker.running = None
+            self._pump(worker)
+
+    def _on_exit(self, worker: _Worker, process: Any, reason: EngineError | None = None) -> None:
+        if worker.process is not process:
+            return
+        with contextlib.suppress(Exception):
+            process.join(timeout=1)
+        entry, worker.running = worker.running, None
+        if entry is not None:
+            if reason is None:
+                exitcode = process.exitcode
+                if exitcode == -signal.SIGXCPU:
+                    reason = EngineError("decode_timeout", "decoding took longer than allowed")
+                else:
+                    reason = EngineError("decode_failed", "the decoder stopped while reading this source")
+                log.warning("decoder %s (pid %s) exited with %s", worker.slot, process.pid, exitcode)
+            entry.queue.put_nowait(("error", reason))
+        for url, slot in list(self._affinity.items()):
+            if slot == worker.slot:
+                del self._affinity[url]
+        if worker.conn is not None:
+            with contextlib.suppress(Exception):
+                worker.conn.close()
+        worker.conn, worker.ready = None, False
+        if not self._stopping:
+            self._spawn(worker)  # the backlog waits for the replacement's "ready"
+
+    async def _watch(self) -> None:
+        interval = min(0.25, self.settings.decode_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for worker in self._workers:
+                entry = worker.running
+                if entry is not None and now - entry.last_progress > self.settings.decode_timeout:
+                    process = worker.process
+                    log.warning("decoder %s (pid %s): task over its deadline, killing it", worker.slot, process.pid)
+                    process.kill()
+                    self._on_exit(worker, process, EngineError("decode_timeout", "decoding took longer than allowed"))

@@ -1,0 +1,122 @@
+"""The decoder worker process: it decodes, the API process never does.
+
+Each worker keeps recently used assets open (container, stream, keyframe index) in a small LRU,
+so a second grab from the same video skips the open and the probe. It runs under resource limits
+(address space, open files, CPU time per task) so that a hostile file costs one worker at most.
+
+Protocol over the worker's pipe (parent -> worker): ``("run", task_id, GrabTask)``,
+``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
+``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
+``("error", task_id, EngineError)`` for a task that failed as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import resource
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from typing import Any
+
+from app.config import Settings
+from app.engine.errors import EngineError
+from app.engine.generator import ImageGenerator
+from app.pool.base import GrabTask
+
+CPU_SECONDS_PER_TASK_FACTOR = 2  # CPU time a task may use, as a multiple of the wall-clock decode timeout
+
+
+def _set_limits(settings: Settings) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (settings.worker_memory_limit, settings.worker_memory_limit))
+    with contextlib.suppress(ValueError, OSError):
+        files = settings.worker_max_open_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _limit_cpu_for_next_task(settings: Settings) -> None:
+    """RLIMIT_CPU counts the whole process, so each task gets "used so far + its budget"; a task that
+    spins past it gets SIGXCPU and dies, and the parent reports a timeout."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    budget = int(settings.decode_timeout * CPU_SECONDS_PER_TASK_FACTOR) + 1
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CPU, (used + budget, resource.RLIM_INFINITY))
+
+
+class _OpenAssets:
+    """Generators kept open by (source identity, stream), least recently used first out."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, int | None], ImageGenerator] = OrderedDict()
+
+    def get(self, task: GrabTask, settings: Settings) -> tuple[ImageGenerator, str]:
+        from app.engine.sources import resolve_source
+
+        source = resolve_source(task.url, settings)
+        identity = source.identity  # changes with the bytes: size + mtime, or ETag / Last-Modified
+        key = (identity, task.options.stream)
+        generator = self._items.pop(key, None)
+        if generator is None:
+            generator = ImageGenerator(source, task.options, max_output_pixels=settings.max_output_pixels)
+        else:
+            generator.options = task.options
+        self._items[key] = generator
+        while len(self._items) > self.capacity:
+            _, evicted = self._items.popitem(last=False)
+            evicted.close()
+        return generator, identity
+
+    def drop(self, task: GrabTask) -> None:
+        """Forget every generator for this task's stream choice after a failure mid-decode: its
+        decoder state is suspect."""
+        for key in [k for k in self._items if k[1] == task.options.stream]:
+            self._items.pop(key).close()
+
+
+def _cancelled(conn: Connection, task_id: int, pending: list[Any]) -> bool:
+    """Read messages that arrived while decoding; keep anything that is not our cancel for later."""
+    cancelled = False
+    while conn.poll():
+        message = conn.recv()
+        if message is not None and message[0] == "cancel" and message[1] == task_id:
+            cancelled = True
+        elif message is None or message[0] != "cancel":
+            pending.append(message)
+    return cancelled
+
+
+def worker_main(conn: Connection, settings: Settings) -> None:
+    """Entry point of a decoder process."""
+    _set_limits(settings)
+    assets = _OpenAssets(settings.open_assets_per_worker)
+    conn.send(("ready", os.getpid()))
+    pending: list[Any] = []
+    while True:
+        message = pending.pop(0) if pending else conn.recv()
+        if message is None:
+            break
+        if message[0] != "run":
+            continue  # a cancel for a task that already finished
+        _, task_id, task = message
+        _limit_cpu_for_next_task(settings)
+        try:
+            generator, identity = assets.get(task, settings)
+            for item in generator.images_for(list(task.times), ordered=False):
+                if hasattr(item, "image"):
+                    item = dataclasses.replace(item, source_identity=identity)
+                conn.send(("item", task_id, item))
+                if _cancelled(conn, task_id, pending):
+                    break
+        except EngineError as exc:
+            assets.drop(task)
+            conn.send(("error", task_id, exc))
+        except MemoryError:
+            assets.drop(task)
+            conn.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
+        conn.send(("done", task_id))
