@@ -1,0 +1,145 @@
+"""The decoder pool under faults, with the real server in a child process.
+
+A killed worker fails only the request it was serving; a stalled decode is stopped at its
+deadline; a full queue answers 429 at once. The server stays up and serves good requests after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import imageio_ffmpeg
+import pytest
+
+from tests.http_server import LoopbackServer
+from tests.live_server import LiveServer, live_server
+
+
+@pytest.fixture(scope="module")
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pool-media")
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+         "-i", "testsrc2=size=320x240:rate=25:duration=4", "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p",
+         str(root / "clip.mp4")],
+        check=True,
+    )  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def stalling_source() -> Iterator[LoopbackServer]:
+    """An origin that sends a few bytes and then next to nothing: a decode that never progresses."""
+    with LoopbackServer() as server:
+        server.add_stream("/stall.mp4", chunk=b"\0" * 8, interval=0.5, total=None)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(media_root: Path, stalling_source: LoopbackServer) -> Iterator[LiveServer]:
+    env = {
+        "STILLFRAME_MEDIA_ROOT": str(media_root),
+        "STILLFRAME_WORKERS": "1",
+        "STILLFRAME_DECODE_TIMEOUT": "3",
+        "STILLFRAME_QUEUE_LIMIT": "2",
+        "STILLFRAME_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "STILLFRAME_ALLOWED_PORTS": str(stalling_source.port),
+        "STILLFRAME_FETCH_READ_TIMEOUT": "60",
+        "STILLFRAME_FETCH_TOTAL_TIMEOUT": "120",
+    }
+    with live_server(env) as live:
+        yield live
+
+
+def good_grab(server: LiveServer) -> None:
+    response = httpx.get(f"{server.base_url}/v1/frame", params={"url": "clip.mp4", "t": "1.5"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-actual-time"] == "1.48"
+
+
+def test_decoding_happens_in_worker_processes(server: LiveServer) -> None:
+    good_grab(server)
+    workers = server.wait_workers(1)
+    assert server.process.pid not in workers
+
+
+def test_kill_9_of_a_worker_mid_request_fails_only_that_request(
+    server: LiveServer, stalling_source: LoopbackServer
+) -> None:
+    results: dict[str, httpx.Response] = {}
+
+    def stalled() -> None:
+        results["r"] = httpx.get(
+            f"{server.base_url}/v1/frame", params={"url": stalling_source.url("/stall.mp4"), "t": "0"}, timeout=60
+        )
+
+    thread = threading.Thread(target=stalled)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while stalling_source.request_count("/stall.mp4") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (victim,) = server.wait_workers(1)
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=30)
+    response = results["r"]
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "decode_failed"
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+    good_grab(server)  # a replacement worker took the slot
+    assert victim not in server.worker_pids()
+
+
+def test_stalled_decode_hits_its_deadline(server: LiveServer, stalling_source: LoopbackServer) -> None:
+    started = time.monotonic()
+    response = httpx.get(
+        f"{server.base_url}/v1/frame", params={"url": stalling_source.url("/stall.mp4"), "t": "0"}, timeout=60
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert response.json()["code"] == "decode_timeout"
+    assert elapsed < 20
+    good_grab(server)
+
+
+def test_queue_limit_answers_429_fast(server: LiveServer, stalling_source: LoopbackServer) -> None:
+    url = stalling_source.url("/stall.mp4")
+    threads = [
+        threading.Thread(
+            target=httpx.get, args=(f"{server.base_url}/v1/frame",), kwargs={"params": {"url": url}, "timeout": 60}
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # both are now queued or running: the queue (limit 2) is full
+    started = time.monotonic()
+    response = httpx.get(f"{server.base_url}/v1/frame", params={"url": "clip.mp4", "t": "1"}, timeout=10)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 429
+    assert response.json()["code"] == "queue_full"
+    assert int(response.headers["retry-after"]) >= 1
+    for thread in threads:
+        thread.join(timeout=60)
+    good_grab(server)
+
+
+def test_server_answers_health_while_decoding(server: LiveServer, stalling_source: LoopbackServer) -> None:
+    thread = threading.Thread(
+        target=httpx.get,
+        args=(f"{server.base_url}/v1/frame",),
+        kwargs={"params": {"url": stalling_source.url("/stall.mp4")}, "timeout": 60},
+    )
+    thread.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - started < 0.5
+    thread.join(timeout=60)
