@@ -49,7 +49,9 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
             403: "`source_forbidden`",
             404: "`source_not_found`",
             422: "`no_image_at_time`, `unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_large`",
+            429: "`queue_full` (with `Retry-After`)",
             502: "`source_unreachable`",
+            504: "`decode_timeout`",
         }.items()
     },
 }

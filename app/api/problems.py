@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.engine.errors import EngineError
+from app.engine.errors import ERROR_CODES, EngineError
 
 log = logging.getLogger("stillframe.api")
 
@@ -25,7 +25,11 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str | None = None
-    code: str = Field(description="Stable machine-readable error code.")
+    code: str = Field(
+        description="Stable machine-readable error code: "
+        + ", ".join(f"`{code}` ({status})" for code, (status, _) in ERROR_CODES.items())
+        + "; also `not_found`, `method_not_allowed`, `internal_error`."
+    )
     instance: str | None = None
     parameter: str | None = Field(default=None, description="The offending parameter, for `invalid_parameter`.")
 
