@@ -19,6 +19,7 @@ How a frame is chosen (the time contract):
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class ImageGenerator:
                 self._file = Path(source).open("rb")  # noqa: SIM115 - owned and closed by the generator
                 io_open = None
             else:
-                self._file = source.open()
+                self._file = _Named(source.open(), source.display_name)
                 io_open = _io_opener(source)
         except OSError as exc:
             raise EngineError("source_not_found", "the source could not be opened") from exc
@@ -655,6 +656,42 @@ class ImageGenerator:
             raise EngineError("decode_failed", "the frame could not be converted to an image") from exc
         data = encode_image(image, self.options.encode)
         return data, image.width, image.height, {}
+
+
+class _Named(io.RawIOBase):
+    """A source's file object under its file name (never a path): FFmpeg's HLS demuxer only accepts
+    a playlist whose name ends in .m3u8, and resolves segment names against it, which our
+    ``open_related`` then confines like any other source."""
+
+    def __init__(self, raw: BinaryIO, display_name: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self.name = display_name.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "source"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._raw.close()
+        super().close()
 
 
 class _PtsGuesser:
