@@ -1,0 +1,138 @@
+"""The generator's choices beyond the exact case: tolerances, batches, percentages, HLS, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from app.config import Settings
+from app.engine.errors import EngineError
+from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
+from app.engine.options import EncodeOptions, GrabOptions
+from app.engine.sources import resolve_source
+from tests.media import make_clip
+
+PNG = EncodeOptions(format="png")
+
+
+def tolerant(before: Fraction | None, after: Fraction | None) -> GrabOptions:
+    return GrabOptions(tolerance_before=before, tolerance_after=after, encode=PNG)
+
+
+def keyframe_times(path: Path) -> list[Fraction]:
+    """Keyframe presentation times on the asset timeline, by decoding everything (the slow, sure way)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        origin = (stream.start_time or 0) * stream.time_base
+        return [f.pts * stream.time_base - origin for f in container.decode(stream) if f.key_frame]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 25 fps, a keyframe every 25 frames (each second), B-frames: 4 s.
+    return make_clip(tmp_path_factory.mktemp("gen") / "clip.mp4", frames=100, gop=25, bframes=2)
+
+
+def test_infinite_tolerance_gives_the_nearest_keyframe(clip: Path) -> None:
+    keys = keyframe_times(clip)
+    assert len(keys) >= 4
+    with ImageGenerator(clip, tolerant(None, None)) as generator:
+        for t in (Fraction(0), Fraction(4, 10), Fraction(6, 10), Fraction(19, 10), Fraction(37, 10)):
+            result = generator.image_at(t)
+            nearest = min(keys, key=lambda k: (abs(k - t), k))
+            assert result.actual_time == nearest, t
+
+
+def test_window_without_keyframe_gives_a_frame_inside_it(clip: Path) -> None:
+    keys = keyframe_times(clip)
+    with ImageGenerator(clip, tolerant(Fraction(1, 10), Fraction(1, 10))) as generator:
+        for t in (Fraction(1, 2), Fraction(23, 10), Fraction(33, 10)):
+            result = generator.image_at(t)
+            assert t - Fraction(1, 10) <= result.actual_time <= t + Fraction(1, 10)
+            assert all(abs(k - t) > Fraction(1, 10) for k in keys)  # really no keyframe in the window
+
+
+def test_window_with_keyframe_takes_it(clip: Path) -> None:
+    with ImageGenerator(clip, tolerant(Fraction(1, 5), Fraction(1, 5))) as generator:
+        assert generator.image_at("2.1").actual_time == 2
+        assert generator.image_at("0.9").actual_time == 1
+
+
+def test_tolerance_after_only_looks_forward(clip: Path) -> None:
+    with ImageGenerator(clip, tolerant(Fraction(0), None)) as generator:
+        assert generator.image_at("1.5").actual_time == 2  # the next keyframe at or after t
+    with ImageGenerator(clip, tolerant(None, Fraction(0))) as generator:
+        assert generator.image_at("1.5").actual_time == 1  # the keyframe at or before t
+
+
+def test_tolerance_reaches_past_the_end_and_before_the_start(clip: Path) -> None:
+    with ImageGenerator(clip, GrabOptions(encode=PNG)) as exact:
+        with pytest.raises(EngineError) as info:
+            exact.image_at("4.5")
+        assert info.value.code == "no_image_at_time"
+        with pytest.raises(EngineError):
+            exact.image_at("-0.1")
+    with ImageGenerator(clip, tolerant(Fraction(1), Fraction(1))) as generator:
+        assert generator.image_at("4.5").actual_time == Fraction(99, 25)
+        assert generator.image_at("-0.5").actual_time == 0
+    with ImageGenerator(clip, tolerant(Fraction(1, 10), Fraction(1, 10))) as generator, pytest.raises(EngineError):
+        generator.image_at("4.5")
+
+
+def test_images_for_keeps_request_order_and_reports_failures(clip: Path) -> None:
+    times = ["3", "0.5", "abc", "3", "50%", "99", "1001/25000"]
+    with ImageGenerator(clip, GrabOptions(encode=PNG)) as generator:
+        results = list(generator.images_for(times))
+    assert [r.index for r in results] == list(range(len(times)))
+    ok = {r.index: r for r in results if isinstance(r, FrameResult)}
+    failed = {r.index: r for r in results if isinstance(r, FrameFailure)}
+    assert set(failed) == {2, 5}
+    assert failed[2].error.code == "invalid_parameter" and failed[5].error.code == "no_image_at_time"
+    assert ok[0].actual_time == ok[3].actual_time == 3 and ok[0].image == ok[3].image
+    assert ok[4].actual_time == 2 and ok[4].requested_time == 2
+    assert ok[6].actual_time == Fraction(1, 25)
+
+
+def test_unordered_results_come_in_time_order(clip: Path) -> None:
+    with ImageGenerator(clip, GrabOptions(encode=PNG)) as generator:
+        results = list(generator.images_for(["3", "1", "2", "0"], ordered=False))
+    assert [r.index for r in results] == [3, 1, 2, 0]
+
+
+def test_same_frame_twice_on_one_generator_matches_a_fresh_one(clip: Path) -> None:
+    """The open-asset path (continue decoding, seek back) gives the bytes a fresh open gives."""
+    with ImageGenerator(clip, GrabOptions(encode=PNG)) as warm:
+        warm_images = {t: warm.image_at(t).image for t in ("2.5", "2.6", "0.3", "3.9", "2.5")}
+    for t, image in warm_images.items():
+        with ImageGenerator(clip, GrabOptions(encode=PNG)) as fresh:
+            assert fresh.image_at(t).image == image, t
+
+
+def test_hls_playlists_through_sources(corpus: Path) -> None:
+    settings = Settings(media_root=corpus)
+    for url, expected in [("hls_ts/manifest.m3u8", Fraction(1)), ("hls_fmp4/playlist.m3u8", Fraction(29029, 30000))]:
+        with ImageGenerator(resolve_source(url, settings), GrabOptions(encode=PNG)) as generator:
+            assert generator.image_at("1").actual_time == expected
+
+
+def test_cli_grab_writes_files_and_prints_times(clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shot.png"
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "grab", str(clip), "--at", "1.03", "--at", "50%", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [line.split("\t") for line in completed.stdout.strip().splitlines()]
+    assert [(requested, actual) for requested, actual, _ in lines] == [("1.03", "1"), ("50%", "2")]
+    for _, _, name in lines:
+        assert Path(name).read_bytes().startswith(b"\x89PNG")
+    failed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "grab", str(clip), "--at", "99"], capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "no_image_at_time" in failed.stderr
