@@ -66,6 +66,8 @@ def test_get_frame_headers_and_image(client: TestClient) -> None:
     assert response.headers["etag"].startswith('"') and not response.headers["etag"].startswith("W/")
     assert "max-age" in response.headers["cache-control"]
     assert response.headers["vary"] == "Accept"
+    timing = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert {"decode", "render", "encode", "pool"} <= set(timing) and all(float(v) >= 0 for v in timing.values())
     image = Image.open(io.BytesIO(response.content))
     assert image.format == "JPEG" and image.size == (320, 240)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -39,6 +40,7 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
                 "schema": {"type": "string"},
             },
             "ETag": {"description": "Strong validator of this exact image.", "schema": {"type": "string"}},
+            "Server-Timing": {"description": "open, decode, render, encode, pool (ms).", "schema": {"type": "string"}},
         },
     },
     304: {"description": "Not modified (`If-None-Match` matched)."},
@@ -86,13 +88,25 @@ async def serve_frame(
         if _matches(if_none_match, etag):
             return Response(status_code=304, headers={**headers, "ETag": etag})
     task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
+    started = time.perf_counter()
     result = await pool.grab(task)
+    total = time.perf_counter() - started
     etag = _etag(result.source_identity, params, image_format)
     headers["ETag"] = etag
     if _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     headers.update(image_headers(result, image_format))
+    headers["Server-Timing"] = server_timing(result.timings, total)
     return Response(content=result.image, media_type=result.content_type, headers=headers)
+
+
+def server_timing(timings: dict[str, float], total: float) -> str:
+    """Where the time went: open (fetch + probe, first use of an asset in its worker only), decode
+    (seek and decode up to the frame), render (convert, orient, scale), encode, and the rest
+    (queueing and transfer between processes)."""
+    parts = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in timings.items()]
+    parts.append(f"pool;dur={max(0.0, total - sum(timings.values())) * 1000:.2f}")
+    return ", ".join(parts)
 
 
 def image_headers(result: FrameResult, image_format: str) -> dict[str, str]:

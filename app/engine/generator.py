@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -121,12 +122,14 @@ class ImageGenerator:
     # ------------------------------------------------------------------ opening
 
     def _open(self) -> None:
+        started = time.perf_counter()
         self._open_container()
         try:
             self._select_stream()
         except BaseException:
             self.close()
             raise
+        self._open_seconds = time.perf_counter() - started
 
     def _open_container(self) -> None:
         source = self._source
@@ -301,11 +304,15 @@ class ImageGenerator:
         rendered: dict[int, tuple[bytes, int, int, dict[str, float]]] = {}  # pts -> encoded image
         for seconds, index, spec in resolved:
             try:
+                started = time.perf_counter()
                 decoded = self._frame_for(seconds)
+                decode_seconds = time.perf_counter() - started
                 if decoded.pts not in rendered:
                     rendered.clear()  # sorted order: an earlier frame is never needed again
                     rendered[decoded.pts] = self._render(decoded.frame)
                 image, width, height, timings = rendered[decoded.pts]
+                timings = {"open": self._open_seconds, "decode": decode_seconds, **timings}
+                self._open_seconds = 0.0  # the open is paid once, by the first result
             except EngineError as exc:
                 yield FrameFailure(index, spec, exc)
                 continue
@@ -646,6 +653,7 @@ class ImageGenerator:
         from app.engine.encode import encode_image
         from app.engine.render import render_frame
 
+        started = time.perf_counter()
         try:
             image = render_frame(
                 frame, self.options.render, stream=self._stream, max_output_pixels=self.max_output_pixels
@@ -654,8 +662,9 @@ class ImageGenerator:
             raise
         except (av.error.FFmpegError, ValueError, MemoryError) as exc:
             raise EngineError("decode_failed", "the frame could not be converted to an image") from exc
+        rendered = time.perf_counter()
         data = encode_image(image, self.options.encode)
-        return data, image.width, image.height, {}
+        return data, image.width, image.height, {"render": rendered - started, "encode": time.perf_counter() - rendered}
 
 
 class _Named(io.RawIOBase):
