@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")
     worker_memory_limit: int = Field(default=4 * 1024**3, description="Address-space cap of a decoder process.")
     worker_max_open_files: int = 256
+    image_cache_bytes: int = Field(default=64 * 1024**2, ge=0, description="Encoded images kept in memory.")
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

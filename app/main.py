@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api import frames, health
+from app.api.cache import Coalescer, ImageCache
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.pool.process import ProcessDecoderPool
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     application.state.settings = settings
+    application.state.image_cache = ImageCache(settings.image_cache_bytes)
+    application.state.in_flight = Coalescer()
     application.dependency_overrides[get_settings] = lambda: settings  # every Depends(get_settings) sees these
     install_problem_handlers(application)
     application.include_router(frames.router)

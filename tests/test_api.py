@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -117,6 +118,35 @@ def test_if_none_match_answers_304(client: TestClient) -> None:
     assert again.headers["etag"] == etag
     other = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2.5"}, headers={"If-None-Match": etag})
     assert other.status_code == 200 and other.headers["etag"] != etag
+
+
+def test_repeat_is_served_from_the_image_cache(client: TestClient) -> None:
+    params = {"url": "clip.mp4", "t": "3.3", "format": "webp"}
+    first = client.get("/v1/frame", params=params)
+    again = client.get("/v1/frame", params=params)
+    assert "decode" in first.headers["server-timing"]
+    assert again.headers["server-timing"] == "cache;dur=0"
+    assert again.content == first.content
+    for name in ("etag", "x-actual-time", "x-actual-time-rational", "content-type"):
+        assert again.headers[name] == first.headers[name]
+
+
+def test_identical_requests_in_flight_share_one_decode(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    subprocess.run(
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25:duration=8",
+         "-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p", str(tmp_path / "long-gop.mp4")],
+        check=True,
+    )  # fmt: skip
+    client = make_client(media_root=tmp_path)
+    pool = client.app.state.pool  # type: ignore[attr-defined]
+    before = pool.submitted
+    with ThreadPoolExecutor(4) as executor:
+        responses = list(
+            executor.map(lambda _: client.get("/v1/frame", params={"url": "long-gop.mp4", "t": "7.9"}), range(4))
+        )
+    assert all(r.status_code == 200 for r in responses)
+    assert len({r.content for r in responses}) == 1
+    assert pool.submitted - before == 1
 
 
 def test_tolerance_returns_keyframe(client: TestClient) -> None:

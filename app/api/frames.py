@@ -10,7 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import get_pool
+from app.api.cache import Coalescer, ImageCache
+from app.api.deps import get_image_cache, get_in_flight, get_pool
 from app.api.problems import Problem
 from app.config import Settings, get_settings
 from app.engine.encode import negotiate_format
@@ -75,7 +76,13 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 async def serve_frame(
-    params: FrameParams, settings: Settings, pool: DecoderPool, accept: str | None, if_none_match: str | None
+    params: FrameParams,
+    settings: Settings,
+    pool: DecoderPool,
+    cache: ImageCache,
+    in_flight: Coalescer,
+    accept: str | None,
+    if_none_match: str | None,
 ) -> Response:
     image_format = params.format or negotiate_format(accept)
     # Refuse bad sources here, before any queueing (an SSRF refusal needs no decoder).
@@ -83,21 +90,27 @@ async def serve_frame(
     headers = {"Cache-Control": settings.cache_control}
     if params.format is None:
         headers["Vary"] = "Accept"
-    if isinstance(source, LocalSource):  # identity is a stat away: answer 304 without decoding
-        etag = _etag(source.identity, params, image_format)
-        if _matches(if_none_match, etag):
-            return Response(status_code=304, headers={**headers, "ETag": etag})
+    known_etag = None
+    if isinstance(source, LocalSource):  # identity is a stat away: answer without decoding when we can
+        known_etag = _etag(source.identity, params, image_format)
+        if _matches(if_none_match, known_etag):
+            return Response(status_code=304, headers={**headers, "ETag": known_etag})
+        if cached := cache.get(known_etag):
+            body, image_headers_ = cached
+            return Response(body, headers={**headers, **image_headers_, "Server-Timing": "cache;dur=0"})
     task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
     started = time.perf_counter()
-    result = await pool.grab(task)
+    flight_key = known_etag or _etag(f"url:{params.url}", params, image_format)
+    result = await in_flight.run(flight_key, lambda: pool.grab(task))
     total = time.perf_counter() - started
     etag = _etag(result.source_identity, params, image_format)
-    headers["ETag"] = etag
     if _matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    headers.update(image_headers(result, image_format))
-    headers["Server-Timing"] = server_timing(result.timings, total)
-    return Response(content=result.image, media_type=result.content_type, headers=headers)
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+    image_headers_ = {"ETag": etag, "Content-Type": result.content_type, **image_headers(result, image_format)}
+    cache.put(etag, result.image, image_headers_)
+    return Response(
+        result.image, headers={**headers, **image_headers_, "Server-Timing": server_timing(result.timings, total)}
+    )
 
 
 def server_timing(timings: dict[str, float], total: float) -> str:
@@ -126,11 +139,13 @@ async def get_frame(
     params: Annotated[FrameParams, Query()],
     settings: Annotated[Settings, Depends(get_settings)],
     pool: Annotated[DecoderPool, Depends(get_pool)],
+    cache: Annotated[ImageCache, Depends(get_image_cache)],
+    in_flight: Annotated[Coalescer, Depends(get_in_flight)],
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Like `AVAssetImageGenerator.image(at:)`: the frame on screen at `t` (exact by default)."""
-    return await serve_frame(params, settings, pool, accept, if_none_match)
+    return await serve_frame(params, settings, pool, cache, in_flight, accept, if_none_match)
 
 
 @router.post(
@@ -140,8 +155,10 @@ async def post_frame(
     params: FrameParams,
     settings: Annotated[Settings, Depends(get_settings)],
     pool: Annotated[DecoderPool, Depends(get_pool)],
+    cache: Annotated[ImageCache, Depends(get_image_cache)],
+    in_flight: Annotated[Coalescer, Depends(get_in_flight)],
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The same as `GET /v1/frame`, with the parameters as a JSON body."""
-    return await serve_frame(params, settings, pool, accept, if_none_match)
+    return await serve_frame(params, settings, pool, cache, in_flight, accept, if_none_match)

@@ -82,6 +82,7 @@ class ProcessDecoderPool:
         self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
         self._in_flight = 0
+        self.submitted = 0  # tasks accepted since start (for operators and tests)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,6 +143,7 @@ class ProcessDecoderPool:
             raise EngineError("queue_full", "too many decodes queued; retry shortly")
         entry = _Task(next(self._ids), task, last_progress=time.monotonic())
         self._in_flight += 1
+        self.submitted += 1
         worker = self._choose(task.url)
         worker.backlog.append(entry)
         self._pump(worker)
