@@ -48,6 +48,21 @@ class Settings(BaseSettings):
     open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")
     worker_memory_limit: int = Field(default=4 * 1024**3, description="Address-space cap of a decoder process.")
     worker_max_open_files: int = 256
+
+    # Jobs: many times per request, persisted in SQLite (WAL) with their images beside it.
+    data_dir: Path = Field(default=Path("./data"), description="Jobs database and result images.")
+    max_times_per_job: int = Field(default=1000, ge=1, description="Times one job may ask for.")
+    result_ttl: float = Field(default=86400.0, gt=0, description="Seconds a finished job and its images are kept.")
+    job_concurrency: int = Field(default=0, ge=0, description="Jobs decoding at once; 0: one per decoder worker.")
+    drain_timeout: float = Field(default=10.0, ge=0, description="Seconds SIGTERM waits for running jobs.")
+    # Webhooks: Standard Webhooks signatures, at-least-once delivery with backoff.
+    webhook_secret: str | None = Field(default=None, description="`whsec_...` signing secret; unset: no callbacks.")
+    webhook_timeout: float = Field(default=5.0, gt=0, description="Seconds one delivery attempt may take.")
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0, description="Response bytes read per attempt.")
+    webhook_retry_base: float = Field(default=5.0, gt=0, description="First retry delay, doubled per attempt.")
+    webhook_retry_max_delay: float = Field(default=3600.0, gt=0, description="Longest delay between attempts.")
+    webhook_retry_window: float = Field(default=86400.0, gt=0, description="Seconds deliveries are retried for.")
+    webhook_concurrency: int = Field(default=4, ge=1, description="Deliveries in flight at once.")
     image_cache_bytes: int = Field(default=64 * 1024**2, ge=0, description="Encoded images kept in memory.")
 
     @field_validator("allowed_networks", mode="before")
@@ -63,7 +78,7 @@ class Settings(BaseSettings):
     def _parse_ports(cls, value: object) -> object:
         return _split_list(value)
 
-    @field_validator("media_root", mode="before")
+    @field_validator("media_root", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
