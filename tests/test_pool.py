@@ -38,7 +38,8 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stalling_source() -> Iterator[LoopbackServer]:
     """An origin that sends a few bytes and then next to nothing: a decode that never progresses."""
     with LoopbackServer() as server:
-        server.add_stream("/stall.mp4", chunk=b"\0" * 8, interval=0.5, total=None)
+        for name in ("/stall.mp4", "/stall-a.mp4", "/stall-b.mp4"):
+            server.add_stream(name, chunk=b"\0" * 8, interval=0.5, total=None)
         yield server
 
 
@@ -110,12 +111,14 @@ def test_stalled_decode_hits_its_deadline(server: LiveServer, stalling_source: L
 
 
 def test_queue_limit_answers_429_fast(server: LiveServer, stalling_source: LoopbackServer) -> None:
-    url = stalling_source.url("/stall.mp4")
+    # Two different sources: identical requests would share one decode and not fill the queue.
     threads = [
         threading.Thread(
-            target=httpx.get, args=(f"{server.base_url}/v1/frame",), kwargs={"params": {"url": url}, "timeout": 60}
+            target=httpx.get,
+            args=(f"{server.base_url}/v1/frame",),
+            kwargs={"params": {"url": stalling_source.url(name)}, "timeout": 60},
         )
-        for _ in range(2)
+        for name in ("/stall-a.mp4", "/stall-b.mp4")
     ]
     for thread in threads:
         thread.start()
