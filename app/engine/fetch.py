@@ -624,11 +624,13 @@ class GuardedClient:
         headers: Mapping[str, str] | None = None,
         accept_statuses: Iterable[int] = (),
         max_bytes: int | None = None,
+        content: bytes | None = None,
     ) -> FetchResponse:
         """Send a request, following redirects (each hop checked), and return once headers arrived.
 
         2xx responses (and any status in ``accept_statuses``) are returned; other statuses raise the
-        matching ``EngineError``. A ``Content-Length`` above ``max_bytes`` (default
+        matching ``EngineError``. ``content`` is the request body (e.g. a webhook's JSON). A
+        ``Content-Length`` above ``max_bytes`` (default
         ``settings.max_source_bytes``) raises ``source_too_large`` before any body byte is read.
         """
         settings = self.settings
@@ -650,7 +652,9 @@ class GuardedClient:
             )
             self._backend.pin(target.host, target.port, target.addresses)
             try:
-                request = self._client.build_request(method, target.url, headers=headers, timeout=timeout)
+                request = self._client.build_request(
+                    method, target.url, headers=headers, content=content, timeout=timeout
+                )
                 response = self._client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise _unreachable_for(exc, host) from None
