@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import frames, health
+from app.api import frames, health, jobs
 from app.api.cache import Coalescer, ImageCache
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
+from app.jobs.runner import JobRunner
+from app.jobs.store import SqliteJobStore
 from app.pool.process import ProcessDecoderPool
 
 log = logging.getLogger("stillframe")
@@ -27,10 +29,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = ProcessDecoderPool(settings)
         await pool.start()
         application.state.pool = pool
+        store = SqliteJobStore(settings.data_dir, settings.result_ttl)
+        runner = JobRunner(settings, store, pool)
+        await runner.start()  # resumes jobs a stopped (or killed) server left unfinished
+        application.state.jobs = runner
         try:
             yield
         finally:
+            await runner.stop()  # drain: running jobs finish or are handed back
             await pool.stop()
+            store.close()
 
     application = FastAPI(
         lifespan=lifespan,
@@ -48,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.in_flight = Coalescer()
     application.dependency_overrides[get_settings] = lambda: settings  # every Depends(get_settings) sees these
     install_problem_handlers(application)
+    jobs.install_job_problem_handlers(application)
     application.include_router(frames.router)
+    application.include_router(jobs.router)
     application.include_router(health.router)
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")

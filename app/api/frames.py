@@ -7,11 +7,12 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.cache import Coalescer, ImageCache
 from app.api.deps import get_image_cache, get_in_flight, get_pool
+from app.api.jobs import respond_async, wants_async
 from app.api.problems import Problem
 from app.config import Settings, get_settings
 from app.engine.encode import negotiate_format
@@ -157,8 +158,13 @@ async def post_frame(
     pool: Annotated[DecoderPool, Depends(get_pool)],
     cache: Annotated[ImageCache, Depends(get_image_cache)],
     in_flight: Annotated[Coalescer, Depends(get_in_flight)],
+    request: Request,
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
+    prefer: Annotated[str | None, Header(description="`respond-async`: answer 202 with a job (RFC 7240).")] = None,
 ) -> Response:
-    """The same as `GET /v1/frame`, with the parameters as a JSON body."""
+    """The same as `GET /v1/frame`, with the parameters as a JSON body. With `Prefer: respond-async`,
+    `202` and a one-time job (`Location`) instead of the image."""
+    if wants_async(prefer):
+        return await respond_async(request, params, accept)
     return await serve_frame(params, settings, pool, cache, in_flight, accept, if_none_match)
