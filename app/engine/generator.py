@@ -392,6 +392,7 @@ class ImageGenerator:
             resume = False
             best: _Decoded | None = None
             first: _Decoded | None = None
+            self._decode_target = target
             for decoded in frames:
                 if first is None:
                     first = decoded
@@ -526,6 +527,7 @@ class ImageGenerator:
     # ------------------------------------------------------------------ decoding
 
     def _seek(self, pts: int, *, backward: bool = True) -> None:
+        self._decode_target = None
         self._lookahead = None
         self._decoder_live = False
         self._at_start = False
@@ -573,6 +575,7 @@ class ImageGenerator:
 
     def _use_stream(self, stream: Any) -> None:
         self._pts_guess = _PtsGuesser()
+        self._decode_target: int | None = None  # the pts being looked for, while one is (see _skippable)
         stream.thread_type = "SLICE"  # frame threads add a frame of latency each to a single grab
         self._stream = stream
         self._live: Iterator[_Decoded] = iter(())
@@ -595,7 +598,12 @@ class ImageGenerator:
         next_synthetic = 0
         errors = 0
         produced = 0
+        latest_wanted: int | None = None  # highest packet pts seen so far that is <= the target
         for packet in self._container.demux(stream):
+            codec.skip_frame = "NONREF" if self._skippable(packet, latest_wanted) else "DEFAULT"
+            target = self._decode_target
+            if packet.pts is not None and target is not None and packet.pts <= target:
+                latest_wanted = packet.pts if latest_wanted is None else max(latest_wanted, packet.pts)
             try:
                 frames = codec.decode(packet)
             except av.error.EOFError:
@@ -625,6 +633,18 @@ class ImageGenerator:
                 if from_start and self._first_frame_pts is None:
                     self._first_frame_pts = decoded.pts
                 yield decoded
+
+    def _skippable(self, packet: Any, latest_wanted: int | None) -> bool:
+        """Whether the decoder may drop this packet's picture if nothing refers to it: only when a
+        later picture that is still <= the target is already known, so this one can't be the answer.
+        (The decoder still decodes it when it is a reference for others.)"""
+        return (
+            self._decode_target is not None
+            and not self._synthetic_pts
+            and packet.pts is not None
+            and latest_wanted is not None
+            and packet.pts < latest_wanted
+        )
 
     def _scan_duration(self) -> Fraction:
         """Duration by reading packet timestamps when the container states none (no decoding)."""
