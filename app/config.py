@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     fetch_total_timeout: float = 60.0
     max_source_bytes: int = Field(default=2 * 1024**3, description="Cap on bytes read from one source.")
     max_redirects: int = 5
-    max_source_pixels: int = 7680 * 4320
+    max_source_pixels: int = Field(default=7680 * 4320, description="Largest video frame (width x height) decoded.")
+    max_duration: float = Field(default=24 * 3600, gt=0, description="Longest source accepted, in seconds.")
+    max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from app.config import Settings
 from app.engine.errors import EngineError
 from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
-from app.engine.options import EncodeOptions, GrabOptions
+from app.engine.options import EncodeOptions, GrabOptions, SourceLimits
 from app.engine.sources import resolve_source
 from tests.media import make_clip
 
@@ -136,3 +137,23 @@ def test_cli_grab_writes_files_and_prints_times(clip: Path, tmp_path: Path) -> N
         [sys.executable, "-m", "app.cli", "grab", str(clip), "--at", "99"], capture_output=True, text=True
     )
     assert failed.returncode == 1 and "no_image_at_time" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("limits", "code"),
+    [
+        (SourceLimits(max_pixels=192 * 108 - 1), "source_too_many_pixels"),
+        (SourceLimits(max_duration=Fraction(3)), "source_too_long"),
+        (SourceLimits(max_streams=0), "source_too_many_streams"),
+    ],
+)
+def test_source_limits_are_checked_before_decoding(clip: Path, limits: SourceLimits, code: str) -> None:
+    with pytest.raises(EngineError) as info:
+        ImageGenerator(clip, limits=limits)
+    assert info.value.code == code and info.value.status == 422
+
+
+def test_limits_through_the_api(make_client: Any, clip: Path) -> None:
+    client = make_client(media_root=clip.parent, max_duration=2)
+    response = client.get("/v1/frame", params={"url": clip.name, "t": "1"})
+    assert response.status_code == 422 and response.json()["code"] == "source_too_long"

@@ -32,7 +32,7 @@ import av
 import av.error
 
 from app.engine.errors import EngineError
-from app.engine.options import CONTENT_TYPES, GrabOptions
+from app.engine.options import CONTENT_TYPES, GrabOptions, SourceLimits
 from app.engine.sources import Source
 from app.engine.timeparse import TimeSpec, parse_time
 
@@ -111,9 +111,11 @@ class ImageGenerator:
         options: GrabOptions | None = None,
         *,
         max_output_pixels: int = 7680 * 4320,
+        limits: SourceLimits | None = None,
     ) -> None:
         self.options = options or GrabOptions()
         self.max_output_pixels = max_output_pixels
+        self.limits = limits or SourceLimits()
         self._source = source
         self._file: BinaryIO | None = None
         self._container: Any = None
@@ -158,6 +160,8 @@ class ImageGenerator:
 
     def _select_stream(self) -> None:
         container = self._container
+        if len(container.streams) > self.limits.max_streams:
+            raise EngineError("source_too_many_streams", f"the source has more than {self.limits.max_streams} streams")
         video = [s for s in container.streams.video if not _is_attached_picture(s)]
         if not video:
             raise EngineError("no_video_stream", "the source has no video stream")
@@ -172,6 +176,11 @@ class ImageGenerator:
             stream = decodable[0]
         if stream.codec_context is None:
             raise EngineError("unsupported_media", "the video codec of this source is not supported")
+        context = stream.codec_context
+        if (context.width or 0) * (context.height or 0) > self.limits.max_pixels:
+            raise EngineError("source_too_many_pixels", "the video's frame size is over the limit")
+        # The decoder enforces the same cap on every frame, so a size change mid-stream can't dodge it.
+        context.options = {**context.options, "max_pixels": str(self.limits.max_pixels)}
         self._stream_index = stream.index
         self._use_stream(stream)
         self._time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, _AV_TIME_BASE)
@@ -184,6 +193,9 @@ class ImageGenerator:
         self._duration_cache: Fraction | None = None
         self._last_frame: _Decoded | None = None  # the stream's last frame, once seen
         self._first_frame_pts: int | None = None
+        duration = self.duration
+        if duration is not None and duration > self.limits.max_duration:
+            raise EngineError("source_too_long", "the source's duration is over the limit")
 
     def _timeline_origin(self) -> Fraction:
         """Where t=0 is on the stream's clock, exact, as the ffmpeg CLI places it.

@@ -56,3 +56,12 @@ class GrabOptions:
     stream: int | None = None  # index among the video streams; None picks the default one
     render: RenderOptions = field(default_factory=RenderOptions)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    """What a source may be before we decode it: each breach is refused with its own code."""
+
+    max_pixels: int = 7680 * 4320  # 8K UHD: width x height of the video stream
+    max_duration: Fraction = Fraction(24 * 3600)
+    max_streams: int = 64

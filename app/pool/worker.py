@@ -17,15 +17,25 @@ import dataclasses
 import os
 import resource
 from collections import OrderedDict
+from fractions import Fraction
 from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import Settings
 from app.engine.errors import EngineError
 from app.engine.generator import ImageGenerator
+from app.engine.options import SourceLimits
 from app.pool.base import GrabTask
 
 CPU_SECONDS_PER_TASK_FACTOR = 2  # CPU time a task may use, as a multiple of the wall-clock decode timeout
+
+
+def source_limits(settings: Settings) -> SourceLimits:
+    return SourceLimits(
+        max_pixels=settings.max_source_pixels,
+        max_duration=Fraction(str(settings.max_duration)),
+        max_streams=settings.max_streams,
+    )
 
 
 def _set_limits(settings: Settings) -> None:
@@ -63,7 +73,9 @@ class _OpenAssets:
         key = (identity, task.options.stream)
         generator = self._items.pop(key, None)
         if generator is None:
-            generator = ImageGenerator(source, task.options, max_output_pixels=settings.max_output_pixels)
+            generator = ImageGenerator(
+                source, task.options, max_output_pixels=settings.max_output_pixels, limits=source_limits(settings)
+            )
         else:
             generator.options = task.options
         self._items[key] = generator
