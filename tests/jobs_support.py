@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,10 +94,8 @@ class JobServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         if self.process is not None:
-            try:  # decoders left behind by a killed parent
+            with contextlib.suppress(ProcessLookupError):  # decoders left behind by a killed parent
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -107,7 +106,7 @@ def wait_job(base_url: str, job_id: str, *, timeout: float = 60, until: Callable
     deadline = time.monotonic() + timeout
     while True:
         job = httpx.get(f"{base_url}/v1/jobs/{job_id}", timeout=10).json()
-        if (until(job) if until else job["status"] in ("completed", "cancelled", "failed")):
+        if until(job) if until else job["status"] in ("completed", "cancelled", "failed"):
             return job
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']}: {job['progress']}")
@@ -192,7 +191,7 @@ class WebhookReceiver:
                     receiver.received.append(
                         Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, time.time())
                     )
-                extra = b"" if status != 302 else b""
+                extra = b"ok"
                 self.send_response(status)
                 if status in (301, 302, 307, 308):
                     self.send_header("Location", receiver.url("/redirected"))
