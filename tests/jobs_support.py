@@ -121,13 +121,20 @@ class SSEEvent:
 
 
 def read_sse(
-    base_url: str, job_id: str, *, last_event_id: int | None = None, stop_after: int | None = None, timeout: float = 60
+    base_url: str,
+    job_id: str,
+    *,
+    last_event_id: int | None = None,
+    stop_after: int | None = None,
+    timeout: float = 60,
+    sink: list[SSEEvent] | None = None,
 ) -> list[SSEEvent]:
-    """Read the job's event stream (until it ends, or ``stop_after`` events, then hang up)."""
+    """Read the job's event stream (until it ends, or ``stop_after`` events, then hang up); events
+    also go to ``sink`` as they arrive."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
-    events: list[SSEEvent] = []
+    events: list[SSEEvent] = [] if sink is None else sink
     with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
