@@ -91,6 +91,7 @@ def make_clip(
     open_gop: bool = False,
     start: float | str | None = None,
     vfr: bool = False,
+    audio_lead: float | None = None,
     extra_output: list[str] | None = None,
 ) -> Path:
     """Write a synthetic clip of ``testsrc2`` (moving, every frame distinct) with the ffmpeg CLI.
@@ -99,7 +100,8 @@ def make_clip(
     ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9, alt-ref frames on), mpeg2, mpeg4.
     ``gop`` is the keyframe interval, ``bframes`` the B-frame count (h264/hevc), ``start`` an
     ``-output_ts_offset`` in seconds, ``vfr`` makes frame durations irregular (1, 2 or 3 frame
-    intervals in a fixed pattern). Returns ``path``; an existing file is kept as is.
+    intervals in a fixed pattern), ``audio_lead`` adds an AAC track that starts that many seconds
+    before the video. Returns ``path``; an existing file is kept as is.
     """
     if path.exists():
         return path
@@ -112,7 +114,15 @@ def make_clip(
             "setpts='(7*floor(N/4) + if(eq(mod(N,4),0),0,if(eq(mod(N,4),1),1,if(eq(mod(N,4),2),2,4))))/(FRAME_RATE*TB)'"
         )
     filters.append("format=yuv420p")
-    args = ["-f", "lavfi", "-i", graph, "-frames:v", str(frames), "-vf", ",".join(filters)]
+    args = ["-f", "lavfi"]
+    if audio_lead is not None:
+        args += ["-itsoffset", str(audio_lead)]
+    args += ["-i", graph]
+    if audio_lead is not None:
+        seconds = audio_lead + frames / float(Fraction(str(fps))) + 0.5
+        args += ["-f", "lavfi", "-t", f"{seconds:.3f}", "-i", "sine=frequency=440:sample_rate=48000"]
+        args += ["-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "64k"]
+    args += ["-frames:v", str(frames), "-vf", ",".join(filters)]
     if vfr:
         args += ["-fps_mode", "vfr"]
     if codec == "h264":
@@ -268,7 +278,7 @@ def check_conformance(
     big = first.width * first.height > BIG_PICTURE
     box = BOX if big else None
     size = info_compare_size(info)
-    requests = plan_requests(info, max_frames=12 if big else 40, n_random=4 if big else 8)
+    requests = plan_requests(info, max_frames=10 if big else 32, n_random=4 if big else 8)
     # The oracle's pixel pass (an ffmpeg process) runs while the engine works.
     predicted = requests + percent_requests(info.container_duration, percents)
     with ThreadPoolExecutor(max_workers=1) as pool:
