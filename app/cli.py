@@ -78,6 +78,19 @@ def _openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sign(args: argparse.Namespace) -> int:
+    from app.api.auth import UrlSigner
+    from app.config import get_settings
+
+    keys = {kid: secret.get_secret_value() for kid, secret in get_settings().url_signing_keys.items()}
+    try:
+        print(UrlSigner(keys).sign(args.url, kid=args.kid, ttl=args.ttl))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from app.demo import ensure_demo_media
 
@@ -114,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print or write the OpenAPI document")
     openapi.add_argument("--out", default="-")
     openapi.set_defaults(handler=_openapi)
+
+    sign = commands.add_parser("sign", help="print a signed GET /v1/frame URL (keys from STILLFRAME_URL_SIGNING_KEYS)")
+    sign.add_argument("url", help="the URL to sign, e.g. 'https://frames.example/v1/frame?url=a.mp4&t=2.5'")
+    sign.add_argument("--kid", help="signing key id (default: the first configured)")
+    sign.add_argument("--ttl", type=float, default=3600.0, help="seconds until the URL expires (default 3600)")
+    sign.set_defaults(handler=_sign)
 
     demo = commands.add_parser("demo-media", help="make the demo video in a directory")
     demo.add_argument("directory")

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=4, ge=1, description="Deliveries in flight at once.")
     image_cache_bytes: int = Field(default=64 * 1024**2, ge=0, description="Encoded images kept in memory.")
 
+    # Access control (app/api/auth.py): API keys, signed URLs, CORS, rate limiting.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Accepted `Authorization: Bearer` keys (comma list); none: the API is open."
+    )
+    url_signing_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, description="`kid:secret,...` keys for signed `GET /v1/frame` URLs."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (`*` for any); none: CORS off."
+    )
+    rate_limit: str | None = Field(default=None, description="Per caller, e.g. `100/minute`; unset: no limit.")
+
     @field_validator("allowed_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
@@ -79,6 +91,34 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_ports(cls, value: object) -> object:
         return _split_list(value)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("url_signing_keys", mode="before")
+    @classmethod
+    def _parse_signing_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for item in _split_list(value):  # type: ignore[union-attr]
+            kid, sep, secret = item.partition(":")
+            if not sep or not kid or not secret:
+                raise ValueError("url_signing_keys: expected kid:secret pairs, comma-separated")
+            keys[kid] = secret
+        return keys
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _check_rate_limit(cls, value: object) -> object:
+        if value in ("", None):
+            return None
+        from app.api.ratelimit import parse_rate  # the one parser of the syntax
+
+        parse_rate(str(value))
+        return value
 
     @field_validator("media_root", "webhook_secret", mode="before")
     @classmethod

@@ -6,10 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app import __version__
 from app.api import frames, health, jobs
+from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
 from app.api.cache import Coalescer, ImageCache
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        log_access_mode(settings)
         pool = ProcessDecoderPool(settings)
         await pool.start()
         application.state.pool = pool
@@ -57,8 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.dependency_overrides[get_settings] = lambda: settings  # every Depends(get_settings) sees these
     install_problem_handlers(application)
     jobs.install_job_problem_handlers(application)
-    application.include_router(frames.router)
-    application.include_router(jobs.router)
+    install_access_control(application, settings)
+    application.include_router(frames.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
+    application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")
