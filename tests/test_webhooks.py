@@ -13,7 +13,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from app.config import Settings
-from app.jobs.webhooks import backoff_delay, next_attempt, signer
+from app.jobs.model import Delivery
+from app.jobs.webhooks import backoff_delay, next_attempt, send, signer
 from tests.jobs_support import (
     WEBHOOK_SECRET,
     JobServer,
@@ -187,3 +188,36 @@ def test_the_secret_must_be_a_standard_webhooks_secret() -> None:
         signer("not-a-secret")
     with pytest.raises(ValueError):
         signer("whsec_")
+
+
+def _delivery(url: str) -> Delivery:
+    payload = json.dumps({"type": "job.completed", "timestamp": "2026-01-01T00:00:00Z", "data": {"job_id": "j"}})
+    return Delivery("msg_j_1", "j", url, payload, None, 0, None, time.time())
+
+
+def test_every_attempt_is_checked_by_the_ssrf_guard_again() -> None:
+    """A URL accepted when the job was made is refused at the attempt once the policy says no."""
+    receiver = WebhookReceiver().start()
+    try:
+        allowed = Settings(allowed_networks="127.0.0.0/8", allowed_ports=str(receiver.port))
+        attempt = send(_delivery(receiver.url()), allowed, signer(WEBHOOK_SECRET))
+        assert attempt.delivered
+        verified(receiver.requests()[0])
+        refused = send(_delivery(receiver.url()), Settings(allowed_ports=str(receiver.port)), signer(WEBHOOK_SECRET))
+        assert not refused.delivered and refused.status is None
+        assert refused.error.startswith("source_forbidden")
+        assert len(receiver.requests()) == 1  # nothing was sent
+    finally:
+        receiver.stop()
+
+
+def test_an_attempt_has_a_short_timeout() -> None:
+    receiver = WebhookReceiver(lambda path, n: time.sleep(3) or 200).start()
+    try:
+        settings = Settings(allowed_networks="127.0.0.0/8", allowed_ports=str(receiver.port), webhook_timeout=0.5)
+        started = time.monotonic()
+        attempt = send(_delivery(receiver.url()), settings, signer(WEBHOOK_SECRET))
+        assert time.monotonic() - started < 2
+        assert not attempt.delivered and attempt.error.startswith("source_unreachable")
+    finally:
+        receiver.stop()
