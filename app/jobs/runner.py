@@ -1,8 +1,9 @@
 """Runs jobs on the decoder pool: resume after a restart, cancel, drain on SIGTERM, expire results.
 
-A job is one ``grab_many`` task over its pending times: the pool decodes them sorted, one forward
-pass per GOP, duplicates once, and hands each result over as soon as it exists; the runner stores
-it (image file, then row + event + webhook delivery in one transaction) and wakes SSE listeners.
+A job runs as ``grab_many`` tasks over its pending times, in time order and a chunk at a time (so
+interactive requests get a turn between chunks): the pool decodes a chunk in one forward pass per
+GOP, duplicates once, and hands each result over as soon as it exists; the runner stores it (image
+file, then row + event + webhook delivery in one transaction) and wakes SSE listeners.
 Only pending times are ever asked for, so a job resumed after a crash redoes just what is missing
 and records every time exactly once. A decoder that dies or times out mid-job costs a retry of the
 remaining times (a few at most); a source that cannot be used fails the remaining times.
@@ -18,11 +19,13 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from fractions import Fraction
 from typing import Any, Protocol
 
 from app.config import Settings
 from app.engine.errors import EngineError
 from app.engine.generator import FrameFailure, FrameResult
+from app.engine.timeparse import parse_time
 from app.jobs.model import Job, JobError, JobEvent, JobSpec, JobStatus, ResultRecord
 from app.jobs.store import JobStore
 from app.jobs.webhooks import WebhookDispatcher
@@ -33,6 +36,7 @@ log = logging.getLogger("stillframe.jobs")
 
 _RETRIES_AFTER_WORKER_LOSS = 3  # decode_failed / decode_timeout of a whole task: retry what is left
 _QUEUE_FULL_PAUSE = 0.5
+_CHUNK = 50  # times per pool task
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/avif": "avif"}
 
 
@@ -117,6 +121,7 @@ class JobRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._restore_signals: list[Callable[[], None]] = []
+        self.chunk_size = _CHUNK
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -261,12 +266,17 @@ class JobRunner:
             pending = await self.store.pending_indices(job_id)
             if not pending:
                 break
-            task = GrabTask(job.url, tuple(job.times[i] for i in pending), options)
+            # In time order, a chunk at a time: each chunk is one forward pass on a worker that keeps
+            # the asset open, and interactive /v1/frame requests get a turn between chunks.
+            chunk = sorted(pending, key=lambda i: _time_order(job.times[i]))[: self.chunk_size]
+            answered = 0
+            task = GrabTask(job.url, tuple(job.times[i] for i in chunk), options)
             try:
                 items = self.pool.grab_many(task)
                 try:
                     async for item in items:
-                        await self._record(job, pending[item.index], item)
+                        await self._record(job, chunk[item.index], item)
+                        answered += 1
                 finally:
                     await _aclose(items)  # closing the iterator cancels what the pool has left
             except EngineError as exc:
@@ -279,7 +289,7 @@ class JobRunner:
                     continue
                 whole_error = exc
                 break
-            else:
+            if answered < len(chunk):
                 losses += 1  # the task ended with times unanswered: ask again, a few times at most
                 if losses > _RETRIES_AFTER_WORKER_LOSS:
                     whole_error = EngineError("decode_failed", "the decoder produced no result for some times")
@@ -351,6 +361,12 @@ class JobRunner:
                 continue
             if removed:
                 log.info("expired %d jobs", len(removed))
+
+
+def _time_order(text: str) -> tuple[bool, Fraction]:
+    """Sort key of a requested time: seconds first, percentages (unknown duration) after."""
+    spec = parse_time(text)
+    return spec.percent, spec.value
 
 
 async def _aclose(items: AsyncIterator[Any]) -> None:
