@@ -10,9 +10,12 @@ What the oracle does, per file:
    (``AVFormatContext.start_time``). A frame's time on the asset timeline is
    ``pts * time_base - start_time``.
 
-   ``-copyts`` matters: without it the CLI subtracts the start time of the *mapped* streams only
-   ("Correcting start time of Input #0 by 10911 us" when an unmapped audio stream starts earlier,
-   as in ``ts_mpeg2_1080p.ts``), which is not the container's start time the contract names.
+   ``-copyts`` keeps the raw stream timestamps (to identify frames exactly). The *origin* (t=0) is
+   where the CLI puts it by default: a second, one-frame run without ``-copyts`` shows how far the
+   CLI shifts the first frame. That is the container's start time, except in formats with
+   discontinuous timestamps (MPEG-TS, MPEG-PS, HLS), where the CLI starts the timeline at the
+   streams it uses (an audio track that starts earlier doesn't count): "an MPEG-TS that starts at
+   1.48 s has t=0 at its first frame", as the product's time contract says.
 2. **Container duration**: ffmpeg's dump prints it only to 10 ms, so the exact microsecond value is
    read with PyAV (the same libavformat field) and checked against the CLI's rounded display.
 3. **Expected frame** for a time ``t``, from the contract: negative ``t`` or ``t`` past the end (the
@@ -50,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-ORACLE_VERSION = 4
+ORACLE_VERSION = 5
 MICROSECOND = Fraction(1, 1_000_000)
 # The contract's origin is the container start time. ffmpeg keeps it in microseconds, rounded from
 # a stream's own time base (ts_h264.ts starts at 132000/90000 s = 1.4666...: ffmpeg says 1.466667),
@@ -264,6 +267,18 @@ def _container_duration_us(path: Path) -> int | None:
         return None if container.duration is None else int(container.duration)
 
 
+def _default_origin(path: Path, first_pts: int, time_base: Fraction) -> Fraction:
+    """The CLI's default t=0, in the video stream's clock: raw first pts minus the shifted one."""
+    proc = _run(
+        ["-noautorotate", "-i", str(path), "-map", "0:v:0"],
+        ["-vf", "showinfo=checksum=0", "-frames:v", "1", "-f", "null", "-"],
+    )
+    parsed = _parse_showinfo(proc.stderr.decode("utf-8", "replace"))
+    if not parsed or parsed[0][1] != time_base:
+        raise OracleError(f"{path.name}: the default-timeline run disagrees with the -copyts run")
+    return (first_pts - parsed[0][0]) * time_base
+
+
 def _probe_uncached(path: Path, key: str) -> OracleInfo:
     proc = _run(
         ["-copyts", "-noautorotate", "-i", str(path), "-map", "0:v:0"],
@@ -274,7 +289,7 @@ def _probe_uncached(path: Path, key: str) -> OracleInfo:
     parsed = _parse_showinfo(stderr)
     if proc.returncode != 0 or not parsed or header is None:
         raise OracleError(f"ffmpeg decoded no frames of {path.name} (exit {proc.returncode}): {_tail(proc.stderr)}")
-    origin = Fraction(header.group(6)) if header.group(6) else Fraction(0)
+    origin = _default_origin(path, parsed[0][0], parsed[0][1])
     duration_us = _container_duration_us(path)
     if header.group(1) == "N/A":
         if duration_us is not None:

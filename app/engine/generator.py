@@ -357,7 +357,9 @@ class ImageGenerator:
     def _end_of(self, decoded: _Decoded) -> Fraction:
         """When the last frame stops being on screen: its time plus its duration, or the container's
         duration if that is later."""
-        end = self._time_of(decoded.pts + self._frame_duration(decoded.frame))
+        # The frame's own duration only: a stream that says 0 ends at its last frame (as the ffmpeg
+        # CLI has it), unless the container's duration says otherwise.
+        end = self._time_of(decoded.pts + max(0, int(decoded.frame.duration or 0)))
         duration = self.duration
         return max(end, duration) if duration is not None else end
 
@@ -587,6 +589,11 @@ class ImageGenerator:
 
     def _use_stream(self, stream: Any) -> None:
         self._pts_guess = _PtsGuesser()
+        # AVI stores decode timestamps only; the pts libavformat guesses for its packets come back
+        # from the decoder out of order. The ffmpeg CLI times AVI frames by the DTS the decoder hands
+        # out with each frame (monotonic, in presentation order), and so do we.
+        self._dts_clock = self._container.format.name == "avi"
+        self._dts_clock_next: int | None = None
         self._decode_target: int | None = None  # the pts being looked for, while one is (see _skippable)
         stream.thread_type = "SLICE"  # frame threads add a frame of latency each to a single grab
         self._stream = stream
@@ -613,9 +620,6 @@ class ImageGenerator:
         latest_wanted: int | None = None  # highest packet pts seen so far that is <= the target
         for packet in self._container.demux(stream):
             codec.skip_frame = "NONREF" if self._skippable(packet, latest_wanted) else "DEFAULT"
-            target = self._decode_target
-            if packet.pts is not None and target is not None and packet.pts <= target:
-                latest_wanted = packet.pts if latest_wanted is None else max(latest_wanted, packet.pts)
             try:
                 frames = codec.decode(packet)
             except av.error.EOFError:
@@ -625,8 +629,18 @@ class ImageGenerator:
                 if errors > 1000 and produced == 0:
                     raise EngineError("decode_failed", "the video stream could not be decoded") from exc
                 continue
+            # Only a picture that decoded may stand in for the ones before it (a corrupt one won't show).
+            target = self._decode_target
+            if packet.pts is not None and target is not None and packet.pts <= target:
+                latest_wanted = packet.pts if latest_wanted is None else max(latest_wanted, packet.pts)
             for frame in frames:
-                pts = self._pts_guess.guess(frame.pts, frame.dts)
+                if self._dts_clock:
+                    # Frames flushed at the end carry no DTS: the clock runs on by their duration.
+                    pts = frame.dts if frame.dts is not None else self._dts_clock_next
+                    if pts is not None:
+                        self._dts_clock_next = pts + self._frame_duration(frame)
+                else:
+                    pts = self._pts_guess.guess(frame.pts, frame.dts)
                 if from_start and produced == 0 and pts is None:
                     self._synthetic_pts = True
                 if self._synthetic_pts:
@@ -653,6 +667,7 @@ class ImageGenerator:
         return (
             self._decode_target is not None
             and not self._synthetic_pts
+            and not self._dts_clock  # a skipped picture would shift every later frame's DTS
             and packet.pts is not None
             and latest_wanted is not None
             and packet.pts < latest_wanted
