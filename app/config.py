@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         keys: dict[str, str] = {}
-        for item in _split_list(value):  # type: ignore[union-attr]
+        for item in value.replace(",", " ").split():
             kid, sep, secret = item.partition(":")
             if not sep or not kid or not secret:
                 raise ValueError("url_signing_keys: expected kid:secret pairs, comma-separated")

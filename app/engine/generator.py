@@ -117,8 +117,9 @@ class ImageGenerator:
         self.max_output_pixels = max_output_pixels
         self.limits = limits or SourceLimits()
         self._source = source
-        self._file: BinaryIO | None = None
+        self._file: BinaryIO | io.RawIOBase | None = None
         self._container: Any = None
+        self._decode_target: int | None = None
         self._open()
 
     # ------------------------------------------------------------------ opening
@@ -594,7 +595,7 @@ class ImageGenerator:
         # out with each frame (monotonic, in presentation order), and so do we.
         self._dts_clock = self._container.format.name == "avi"
         self._dts_clock_next: int | None = None
-        self._decode_target: int | None = None  # the pts being looked for, while one is (see _skippable)
+        self._decode_target = None  # the pts being looked for, while one is (see _skippable)
         stream.thread_type = "SLICE"  # frame threads add a frame of latency each to a single grab
         self._stream = stream
         self._live: Iterator[_Decoded] = iter(())

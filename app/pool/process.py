@@ -129,7 +129,7 @@ class ProcessDecoderPool:
     # ------------------------------------------------------------------ submitting
 
     async def grab(self, task: GrabTask) -> FrameResult:
-        async with contextlib.aclosing(self.grab_many(task)) as items:
+        async with contextlib.aclosing(self.grab_many(task)) as items:  # type: ignore[type-var]
             async for item in items:
                 if isinstance(item, FrameFailure):
                     raise item.error

@@ -23,7 +23,7 @@ from typing import Any
 
 from app.config import Settings
 from app.engine.errors import EngineError
-from app.engine.generator import ImageGenerator
+from app.engine.generator import FrameResult, ImageGenerator
 from app.engine.options import SourceLimits
 from app.pool.base import GrabTask
 
@@ -120,7 +120,7 @@ def worker_main(conn: Connection, settings: Settings) -> None:
         try:
             generator, identity = assets.get(task, settings)
             for item in generator.images_for(list(task.times), ordered=False):
-                if hasattr(item, "image"):
+                if isinstance(item, FrameResult):
                     item = dataclasses.replace(item, source_identity=identity)
                 conn.send(("item", task_id, item))
                 if _cancelled(conn, task_id, pending):
