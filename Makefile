@@ -38,7 +38,7 @@ openapi: $(STAMP)
 	$(BIN)/stillframe openapi --out openapi/openapi.json
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-media .pytest_cache .ruff_cache .mypy_cache

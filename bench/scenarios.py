@@ -1,0 +1,770 @@
+"""The five scenarios of issue 5, plus a profile of a warm grab. Each returns a JSON-able dict."""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import json
+import pstats
+import random
+import resource
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import baselines
+from bench.media import Asset, cold_copies
+from bench.servers import Origin, Stillframe, TreeMonitor
+from bench.stats import parse_server_timing, percentile, ratio, summary, timing_breakdown
+
+
+@dataclass
+class Config:
+    quick: bool = False
+    seed: int = 5
+    samples: int = 12  # warm exact grabs per asset and method (at most; see cell_budget)
+    min_samples: int = 3
+    cell_budget: float = 10.0  # seconds per asset in the exact scenario, once min_samples are in
+    cold_samples: int = 3
+    shared_samples: int = 4
+    keyframe_samples: int = 12
+    batch_size: int = 100
+    batch_span: float = 8.0  # seconds of the asset the batch times fall in
+    batch_repeats: int = 2
+    batch_cli_calls: int = 15  # CLI calls actually made (the cost of 100 is extrapolated from them)
+    remote_samples: int = 10
+    remote_cli_samples: int = 4
+    remote_latency: float = 0.020
+    throughput_seconds: float = 15.0
+    clients: tuple[int, ...] = (1, 8, 64)
+    profile_grabs: int = 20
+    exact_assets: tuple[str, ...] = (
+        "720p_gop1",
+        "720p_gop2",
+        "720p_gop10",
+        "1080p_gop1",
+        "1080p_gop2",
+        "1080p_gop10",
+        "hevc10_2160p_gop2",
+    )
+    cold_assets: tuple[str, ...] = (
+        "720p_gop2",
+        "1080p_gop1",
+        "1080p_gop2",
+        "1080p_gop2_moovend",
+        "1080p_gop10",
+        "hevc10_2160p_gop2",
+    )
+    keyframe_assets: tuple[str, ...] = ("720p_gop2", "1080p_gop2", "720p_gop10", "1080p_gop10", "hevc10_2160p_gop2")
+    naive_skip: tuple[str, ...] = ()  # assets the naive script is not run on
+    batch_asset: str = "1080p_gop2"
+    remote_assets: tuple[str, ...] = ("1080p_gop2", "1080p_gop2_moovend")
+    mix_assets: tuple[str, ...] = ("720p_gop1", "720p_gop2", "1080p_gop1", "1080p_gop2")
+
+    @classmethod
+    def quick_mode(cls) -> Config:
+        return cls(
+            quick=True,
+            samples=3,
+            min_samples=2,
+            cell_budget=3.0,
+            cold_samples=1,
+            shared_samples=0,
+            keyframe_samples=4,
+            batch_size=30,
+            batch_span=4.0,
+            batch_repeats=1,
+            batch_cli_calls=3,
+            remote_samples=3,
+            remote_cli_samples=1,
+            throughput_seconds=4.0,
+            profile_grabs=5,
+            exact_assets=("720p_gop2", "1080p_gop2"),
+            cold_assets=("1080p_gop2",),
+            keyframe_assets=("720p_gop2", "1080p_gop2"),
+            remote_assets=("1080p_gop2",),
+            mix_assets=("720p_gop2", "1080p_gop2"),
+        )
+
+
+@dataclass
+class Context:
+    cfg: Config
+    cache: Path
+    run_id: str
+    assets: dict[str, Asset]
+    server: Stillframe
+    origin: Origin
+    tmp: Path
+    say: Any = print
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.server.base_url, timeout=300)
+
+    def rng(self, *names: str) -> random.Random:
+        return random.Random(zlib.crc32("/".join(names).encode()) ^ self.cfg.seed)
+
+    def times(self, asset: Asset, n: int, *names: str, end: float | None = None) -> list[float]:
+        """n distinct uniformly random times in the asset (fixed seed): distinct, so the server's image
+        cache (keyed by every option, t included) never answers for the decoder."""
+        rng = self.rng(asset.key, *names)
+        end = max(asset.duration if end is None else end, 0.001)
+        seen: set[str] = set()
+        out: list[float] = []
+        while len(out) < n:
+            t = round(rng.uniform(0, end), 6)
+            if f"{t:.6f}" not in seen:
+                seen.add(f"{t:.6f}")
+                out.append(t)
+        return out
+
+
+@dataclass
+class Grab:
+    seconds: float
+    status: int
+    actual: float | None
+    timing: dict[str, float]
+    body: bytes
+
+
+def http_grab(ctx: Context, url: str, t: float, **extra: str) -> Grab:
+    params = {"url": url, "t": f"{t:.6f}", "format": "jpeg", **extra}
+    started = time.perf_counter()
+    response = ctx.client.get("/v1/frame", params=params)
+    seconds = time.perf_counter() - started
+    actual = response.headers.get("x-actual-time")
+    return Grab(
+        seconds,
+        response.status_code,
+        float(actual) if actual else None,
+        parse_server_timing(response.headers.get("server-timing")),
+        response.content if response.status_code != 200 else b"",
+    )
+
+
+def _problem_code(body: bytes) -> str:
+    """The ``code`` of an RFC 9457 problem body, or ''."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return ""
+    return str(value.get("code", "")) if isinstance(value, dict) else ""
+
+
+def _record_error(errors: Counter[str], grab: Grab) -> None:
+    errors[f"{grab.status} {_problem_code(grab.body)}".strip()] += 1
+
+
+def _method_block(seconds: list[float], **extra: Any) -> dict[str, Any]:
+    return {**summary(seconds), **extra}
+
+
+# ---------------------------------------------------------------------------------------------- 1. exact
+
+
+def scenario_exact(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    out: dict[str, Any] = {}
+    keys = [k for k in cfg.exact_assets if k in ctx.assets]
+    if cfg.shared_samples:
+        keys += [k for k in ctx.assets if ctx.assets[k].group == "shared"]
+    for key in keys:
+        asset = ctx.assets[key]
+        shared = asset.group == "shared"
+        n = cfg.shared_samples if shared else cfg.samples
+        times = ctx.times(asset, n + 1, "exact")
+        floor = baselines.Floor(asset)
+        methods = ["stillframe_warm", "ffmpeg_cli", "floor"]
+        if not shared and key not in cfg.naive_skip:
+            methods.insert(2, "naive_pyav")
+        samples: dict[str, list[float]] = {m: [] for m in methods}
+        cli_cpu: list[float] = []
+        timings: list[dict[str, float]] = []
+        errors: Counter[str] = Counter()
+        mismatches = 0
+        floor_fallbacks = 0
+        floor_frames: list[int] = []
+        warmup = http_grab(ctx, asset.rel, times[0])  # opens the asset in a worker: not counted
+        if warmup.status != 200:
+            _record_error(errors, warmup)
+        started = time.perf_counter()
+        for i, t in enumerate(times[1:]):
+            order = methods[i % len(methods) :] + methods[: i % len(methods)]  # rotate: no method always first
+            for method in order:
+                try:
+                    if method == "stillframe_warm":
+                        grab = http_grab(ctx, asset.rel, t)
+                        if grab.status != 200:
+                            _record_error(errors, grab)
+                            continue
+                        samples[method].append(grab.seconds)
+                        timings.append(grab.timing)
+                        expected = asset.time_of(asset.on_screen(t))
+                        if not shared and grab.actual is not None and abs(grab.actual - expected) > 1e-6:
+                            mismatches += 1
+                    elif method == "ffmpeg_cli":
+                        result = baselines.ffmpeg_cli_grab(asset.path, t, ctx.tmp / "cli.jpg")
+                        if result.ok:
+                            samples[method].append(result.wall)
+                            cli_cpu.append(result.cpu)
+                        else:
+                            errors["ffmpeg_cli failed"] += 1
+                    elif method == "naive_pyav":
+                        samples[method].append(baselines.naive_pyav_grab(asset.path, t))
+                    else:
+                        result_f = floor.exact(t)
+                        samples[method].append(result_f.seconds)
+                        floor_frames.append(result_f.decoded)
+                        floor_fallbacks += result_f.fell_back
+                except Exception as exc:
+                    errors[f"{method}: {type(exc).__name__}: {exc}"[:160]] += 1
+            if i + 1 >= (min(cfg.min_samples, n)) and time.perf_counter() - started > cfg.cell_budget:
+                break
+        floor.close()
+        block: dict[str, Any] = {
+            "asset": asset.describe(),
+            "stillframe_warm": _method_block(
+                samples["stillframe_warm"], server_timing_p50_ms=timing_breakdown(timings)
+            ),
+            "ffmpeg_cli": _method_block(
+                samples["ffmpeg_cli"], cpu_p50_ms=round((percentile(cli_cpu, 50) or 0) * 1000, 2)
+            ),
+            "floor": _method_block(
+                samples["floor"],
+                frames_decoded_p50=percentile(floor_frames, 50),
+                fell_back_to_full_decode=floor_fallbacks,
+            ),
+        }
+        if "naive_pyav" in samples:
+            block["naive_pyav"] = _method_block(samples["naive_pyav"])
+        block["frame_mismatches_vs_floor"] = mismatches
+        if key in cfg.cold_assets:
+            block["stillframe_cold"] = _cold(ctx, asset, errors)
+        block["errors"] = dict(errors)
+        s, c, f = (block[m]["p50_ms"] for m in ("stillframe_warm", "ffmpeg_cli", "floor"))
+        block["ratios"] = {"warm_vs_cli": ratio(s, c), "warm_vs_floor": ratio(s, f)}
+        if "stillframe_cold" in block:
+            block["ratios"]["cold_vs_cli"] = ratio(block["stillframe_cold"]["p50_ms"], c)
+        out[key] = block
+        ctx.say(
+            f"  exact {key:<42} stillframe {s} ms  cli {c} ms  floor {f} ms"
+            + (f"  cold {block['stillframe_cold']['p50_ms']} ms" if "stillframe_cold" in block else "")
+            + (f"  errors {dict(errors)}" if errors else "")
+        )
+    # moov-at-end clips cold (same bytes, index at the end), when asked for without their faststart twin
+    for key in ctx.cfg.cold_assets:
+        if key in out or key not in ctx.assets:
+            continue
+        errors = Counter()
+        asset = ctx.assets[key]
+        block = {"asset": asset.describe(), "stillframe_cold": _cold(ctx, asset, errors), "errors": dict(errors)}
+        out[key] = block
+        ctx.say(f"  exact {key:<42} cold {block['stillframe_cold']['p50_ms']} ms")
+    return out
+
+
+def _cold(ctx: Context, asset: Asset, errors: Counter[str]) -> dict[str, Any]:
+    """The first request for an asset the server has never opened (a new name for the same bytes)."""
+    rels = cold_copies(asset, ctx.cache, ctx.run_id, ctx.cfg.cold_samples)
+    times = ctx.times(asset, len(rels), "cold")
+    seconds, timings = [], []
+    for rel, t in zip(rels, times, strict=True):
+        grab = http_grab(ctx, rel, t)
+        if grab.status != 200:
+            _record_error(errors, grab)
+            continue
+        seconds.append(grab.seconds)
+        timings.append(grab.timing)
+    return _method_block(seconds, server_timing_p50_ms=timing_breakdown(timings))
+
+
+# ---------------------------------------------------------------------------------------------- 2. keyframe
+
+
+def scenario_keyframe(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    out: dict[str, Any] = {}
+    for key in [k for k in cfg.keyframe_assets if k in ctx.assets]:
+        asset = ctx.assets[key]
+        # Times before the last keyframe only: past it ``ffmpeg -skip_frame nokey -ss T`` has no keyframe
+        # at or after T to output and writes nothing.
+        times = ctx.times(asset, cfg.keyframe_samples + 1, "keyframe", end=asset.time_of(asset.keys[-1]))
+        floor = baselines.Floor(asset)
+        methods = ["stillframe_warm", "ffmpeg_cli_nokey", "floor"]
+        samples: dict[str, list[float]] = {m: [] for m in methods}
+        timings: list[dict[str, float]] = []
+        errors: Counter[str] = Counter()
+        not_key = 0
+        key_times = {round(asset.time_of(k), 6) for k in asset.keys}
+        warmup = http_grab(ctx, asset.rel, times[0], tolerance="inf")
+        if warmup.status != 200:
+            _record_error(errors, warmup)
+        for i, t in enumerate(times[1:]):
+            order = methods[i % 3 :] + methods[: i % 3]
+            for method in order:
+                try:
+                    if method == "stillframe_warm":
+                        grab = http_grab(ctx, asset.rel, t, tolerance="inf")
+                        if grab.status != 200:
+                            _record_error(errors, grab)
+                            continue
+                        samples[method].append(grab.seconds)
+                        timings.append(grab.timing)
+                        if grab.actual is not None and round(grab.actual, 6) not in key_times:
+                            not_key += 1
+                    elif method == "ffmpeg_cli_nokey":
+                        result = baselines.ffmpeg_cli_grab(asset.path, t, ctx.tmp / "cli.jpg", keyframe=True)
+                        if result.ok:
+                            samples[method].append(result.wall)
+                        else:
+                            errors["ffmpeg_cli failed"] += 1
+                    else:
+                        samples[method].append(floor.keyframe(t).seconds)
+                except Exception as exc:
+                    errors[f"{method}: {type(exc).__name__}: {exc}"[:160]] += 1
+        floor.close()
+        block: dict[str, Any] = {
+            "asset": asset.describe(),
+            "stillframe_warm": _method_block(
+                samples["stillframe_warm"], server_timing_p50_ms=timing_breakdown(timings)
+            ),
+            "ffmpeg_cli_nokey": _method_block(samples["ffmpeg_cli_nokey"]),
+            "floor": _method_block(samples["floor"]),
+            "not_a_keyframe": not_key,
+            "errors": dict(errors),
+        }
+        s, c, f = (block[m]["p50_ms"] for m in methods)
+        block["ratios"] = {"warm_vs_cli": ratio(s, c), "warm_vs_floor": ratio(s, f)}
+        out[key] = block
+        ctx.say(f"  keyframe {key:<24} stillframe {s} ms  cli -skip_frame nokey {c} ms  floor {f} ms")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- 3. batch
+
+
+def scenario_batch(ctx: Context) -> dict[str, Any]:
+    from app.engine.generator import FrameResult, ImageGenerator
+    from app.engine.options import GrabOptions
+
+    cfg = ctx.cfg
+    asset = ctx.assets[cfg.batch_asset]
+    rng = ctx.rng(asset.key, "batch")
+    lo = min(2.0, max(0.0, asset.duration - cfg.batch_span))
+    hi = min(asset.duration, lo + cfg.batch_span)
+    times = sorted({round(rng.uniform(lo, hi), 6) for _ in range(cfg.batch_size * 2)})
+    times = sorted(rng.sample(times, cfg.batch_size))
+    shuffled = times[:]
+    rng.shuffle(shuffled)
+    out: dict[str, Any] = {
+        "asset": asset.describe(),
+        "times": len(times),
+        "span_s": [times[0], times[-1]],
+    }
+
+    def engine(order: list[float]) -> dict[str, Any]:
+        runs: list[float] = []
+        parts: dict[str, float] = {}
+        failures = 0
+        for _ in range(1):
+            started = time.perf_counter()
+            with ImageGenerator(asset.path, GrabOptions()) as generator:
+                seeks = _count_seeks(generator)
+                results = list(generator.images_for([f"{t:.6f}" for t in order]))
+            runs.append(time.perf_counter() - started)
+            for item in results:
+                if not isinstance(item, FrameResult):
+                    failures += 1
+                    continue
+                for name, value in item.timings.items():
+                    parts[name] = parts.get(name, 0.0) + value
+        seconds = percentile(runs, 50) or 0
+        component_s = {k: round(v, 3) for k, v in parts.items()}
+        return {
+            "seconds": round(seconds, 3),
+            "seeks": seeks[0] if seeks else None,
+            "distinct_frames": len({item.pts for item in results if isinstance(item, FrameResult)}),
+            "runs": [round(r, 3) for r in runs],
+            "failures": failures,
+            "components_s": component_s,
+        }
+
+    # Repeats are interleaved (sorted, shuffled, jobs, span; again) so that a noisy spell on the machine
+    # does not land on one method only; each method reports the median of its runs.
+    jobs = ctx.server.has_path("/v1/jobs")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    floor = baselines.Floor(asset)
+    spans = []
+    for _ in range(cfg.batch_repeats):
+        runs.setdefault("engine_sorted", []).append(engine(times))
+        runs.setdefault("engine_shuffled", []).append(engine(shuffled))
+        if jobs:
+            runs.setdefault("jobs_api_sorted", []).append(_job(ctx, asset, times))
+            runs.setdefault("jobs_api_shuffled", []).append(_job(ctx, asset, shuffled))
+        spans.append(floor.span(times[0], times[-1]))
+    floor.close()
+    for name, items in runs.items():
+        timed = [item for item in items if item.get("seconds")]
+        if len(timed) < len(items):  # a failed run: report it (no time), never the others' median
+            failed = next(item for item in items if not item.get("seconds"))
+            out[name] = {**failed, "runs": len(items), "failed_runs": len(items) - len(timed)}
+            continue
+        median = sorted(timed, key=lambda item: item["seconds"])[(len(timed) - 1) // 2]
+        out[name] = {**median, "runs": [item["seconds"] for item in timed]}
+    if not jobs:
+        out["jobs_api"] = "POST /v1/jobs not available on this server"
+    out["span_decode"] = {
+        "seconds": round(percentile([s.seconds for s in spans], 50) or 0, 3),
+        "runs": [round(s.seconds, 3) for s in spans],
+        "frames": spans[0].decoded,
+    }
+
+    calls = min(cfg.batch_cli_calls, len(times))
+    picked = rng.sample(times, calls)
+    cli = [baselines.ffmpeg_cli_grab(asset.path, t, ctx.tmp / "cli.jpg") for t in picked]
+    per_call = [c.wall for c in cli if c.ok]
+    mean = sum(per_call) / len(per_call) if per_call else None
+    out["ffmpeg_cli"] = {
+        **summary(per_call),
+        "calls_made": len(per_call),
+        "seconds_for_all": round(mean * len(times), 3) if mean else None,
+        "extrapolated": len(per_call) < len(times),
+        "cpu_seconds_for_all": round(sum(c.cpu for c in cli) / max(1, len(cli)) * len(times), 3),
+    }
+    span = out["span_decode"]["seconds"]
+    cli_all = out["ffmpeg_cli"]["seconds_for_all"]
+    out["ratios"] = {}
+    for name in ("engine_sorted", "engine_shuffled", "jobs_api_sorted", "jobs_api_shuffled"):
+        if isinstance(out.get(name), dict) and out[name].get("seconds"):
+            seconds = out[name]["seconds"]
+            out["ratios"][f"{name}_vs_span"] = ratio(seconds, span)
+            out["ratios"][f"cli_vs_{name}"] = ratio(cli_all, seconds)
+    ctx.say(
+        f"  batch {len(times)} times on {asset.key}: engine sorted {out['engine_sorted']['seconds']} s, shuffled "
+        f"{out['engine_shuffled']['seconds']} s"
+        + (f", jobs API {out['jobs_api_sorted'].get('seconds') or 'FAILED'} s" if "jobs_api_sorted" in out else "")
+        + f"; span decode {span} s ({out['span_decode']['frames']} frames); "
+        f"{len(times)} CLI calls {cli_all} s"
+        + (f" (extrapolated from {len(per_call)})" if len(per_call) < len(times) else "")
+    )
+    return out
+
+
+def _count_seeks(generator: Any) -> list[int]:
+    """Counts the generator's seeks (a diagnostic: a forward pass over the span needs one per GOP at
+    most). Wraps a private method, so it quietly counts nothing if the engine is refactored."""
+    counter = [0]
+    seek = getattr(generator, "_seek", None)
+    if seek is None:
+        return []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        counter[0] += 1
+        return seek(*args, **kwargs)
+
+    generator._seek = counted
+    return counter
+
+
+def _job(ctx: Context, asset: Asset, times: list[float]) -> dict[str, Any]:
+    """POST /v1/jobs and poll until it finishes; then fetch every image (counted separately)."""
+    body = {"url": asset.rel, "times": [f"{t:.6f}" for t in times], "format": "jpeg"}
+    started = time.perf_counter()
+    response = ctx.client.post("/v1/jobs", json=body)
+    if response.status_code not in (200, 201, 202):
+        return {"error": f"{response.status_code} {response.text[:200]}"}
+    job = response.json()
+    location = response.headers.get("location") or f"/v1/jobs/{job['id']}"
+    while job.get("status") not in ("completed", "failed", "cancelled"):
+        time.sleep(0.02)
+        job = ctx.client.get(location).json()
+        if time.perf_counter() - started > 600:
+            return {"error": "job did not finish in 600 s"}
+    seconds = time.perf_counter() - started
+    fetched = time.perf_counter()
+    results = job.get("results") or ctx.client.get(location).json().get("results", [])
+    ok = 0
+    problems: Counter[str] = Counter()
+    detail = ""
+    for index, item in enumerate(results):
+        if item.get("status") == "succeeded":
+            if ctx.client.get(f"{location}/results/{index}").status_code == 200:
+                ok += 1
+        else:
+            problem = item.get("problem") or item.get("error") or {}
+            problem = problem if isinstance(problem, dict) else {}
+            problems[f"{item.get('status')} {problem.get('code', '')}".strip()] += 1
+            detail = detail or str(problem.get("detail", ""))[:200]
+    complete = job.get("status") == "completed" and ok == len(times)
+    return {
+        # a job that did not produce every image has no comparable time
+        "seconds": round(seconds, 3) if complete else None,
+        "wall_s": round(seconds, 3),
+        "complete": complete,
+        "problem_detail": detail or (job.get("problem") or {}).get("detail"),
+        "status": job.get("status"),
+        "succeeded": job.get("progress", {}).get("succeeded"),
+        "failed": dict(problems),
+        "fetch_images_seconds": round(time.perf_counter() - fetched, 3),
+        "images_fetched": ok,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- 4. remote
+
+
+def scenario_remote(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    out: dict[str, Any] = {"latency_ms_per_request": cfg.remote_latency * 1000}
+    for key in [k for k in cfg.remote_assets if k in ctx.assets]:
+        out[key] = _remote_asset(ctx, ctx.assets[key])
+    return out
+
+
+def _remote_asset(ctx: Context, asset: Asset) -> dict[str, Any]:
+    cfg = ctx.cfg
+    origin = ctx.origin
+    key = asset.key
+    url = origin.url(asset.rel)
+    times = ctx.times(asset, cfg.remote_samples * 2 + 1, "remote")
+    errors: Counter[str] = Counter()
+
+    def counted(call: Any) -> tuple[Any, int, int]:
+        r0, b0 = origin.counts(asset.rel)
+        value = call()
+        r1, b1 = origin.counts(asset.rel)
+        return value, r1 - r0, b1 - b0
+
+    first, first_req, first_bytes = counted(lambda: http_grab(ctx, url, times[0]))
+    if first.status != 200:
+        _record_error(errors, first)
+    exact: dict[str, list[Any]] = {"seconds": [], "requests": [], "bytes": [], "gop_bytes": [], "timing": []}
+    for t in times[1 : cfg.remote_samples + 1]:
+        grab, n_req, n_bytes = counted(lambda t=t: http_grab(ctx, url, t))
+        if grab.status != 200:
+            _record_error(errors, grab)
+            continue
+        exact["seconds"].append(grab.seconds)
+        exact["requests"].append(n_req)
+        exact["bytes"].append(n_bytes)
+        exact["gop_bytes"].append(asset.gop_bytes(asset.on_screen(t)))
+        exact["timing"].append(grab.timing)
+    keyframe: dict[str, list[Any]] = {"seconds": [], "requests": [], "bytes": []}
+    for t in times[cfg.remote_samples + 1 :][: max(1, cfg.remote_samples // 2)]:
+        grab, n_req, n_bytes = counted(lambda t=t: http_grab(ctx, url, t, tolerance="inf"))
+        if grab.status != 200:
+            _record_error(errors, grab)
+            continue
+        keyframe["seconds"].append(grab.seconds)
+        keyframe["requests"].append(n_req)
+        keyframe["bytes"].append(n_bytes)
+    cli: dict[str, list[Any]] = {"seconds": [], "requests": [], "bytes": []}
+    for t in times[1 : cfg.remote_cli_samples + 1]:
+        result, n_req, n_bytes = counted(lambda t=t: baselines.ffmpeg_cli_grab(url, t, ctx.tmp / "cli.jpg"))
+        if result.ok:
+            cli["seconds"].append(result.wall)
+            cli["requests"].append(n_req)
+            cli["bytes"].append(n_bytes)
+        else:
+            errors["ffmpeg_cli failed"] += 1
+    gop_total = sum(exact["gop_bytes"]) or 1
+    block = {
+        "asset": asset.describe(),
+        "first_request": {
+            "ms": round(first.seconds * 1000, 2),
+            "requests": first_req,
+            "bytes": first_bytes,
+            "server_timing_ms": first.timing,
+        },
+        "stillframe_exact": {
+            **summary(exact["seconds"]),
+            "requests_per_grab_p50": percentile(exact["requests"], 50),
+            "requests_per_grab_max": max(exact["requests"], default=None),
+            "bytes_per_grab_p50": percentile(exact["bytes"], 50),
+            "bytes_per_grab_mean": round(sum(exact["bytes"]) / max(1, len(exact["bytes"]))),
+            "gop_bytes_mean": round(gop_total / max(1, len(exact["gop_bytes"]))),
+            "bytes_vs_gop": round(sum(exact["bytes"]) / gop_total, 3),
+            "bytes_vs_gop_p50": percentile(
+                [b / g for b, g in zip(exact["bytes"], exact["gop_bytes"], strict=True)], 50
+            ),
+            "server_timing_p50_ms": timing_breakdown(exact["timing"]),
+        },
+        "stillframe_keyframe": {
+            **summary(keyframe["seconds"]),
+            "requests_per_grab_p50": percentile(keyframe["requests"], 50),
+            "bytes_per_grab_p50": percentile(keyframe["bytes"], 50),
+        },
+        "ffmpeg_cli": {
+            **summary(cli["seconds"]),
+            "requests_per_grab_p50": percentile(cli["requests"], 50),
+            "bytes_per_grab_p50": percentile(cli["bytes"], 50),
+        },
+        "errors": dict(errors),
+    }
+    block["ratios"] = {"exact_vs_cli": ratio(block["stillframe_exact"]["p50_ms"], block["ffmpeg_cli"]["p50_ms"])}
+    se = block["stillframe_exact"]
+    ctx.say(
+        f"  remote {key:<22} first {block['first_request']['ms']} ms / {first_req} req / {first_bytes} B; "
+        f"exact p50 {se['p50_ms']} ms, {se['requests_per_grab_p50']} req, {se['bytes_per_grab_p50']} B "
+        f"({se['bytes_vs_gop']}x GOP); cli p50 {block['ffmpeg_cli']['p50_ms']} ms, "
+        f"{block['ffmpeg_cli']['requests_per_grab_p50']} req, {block['ffmpeg_cli']['bytes_per_grab_p50']} B"
+    )
+    return block
+
+
+# ---------------------------------------------------------------------------------------------- 5. throughput
+
+
+def scenario_throughput(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    mix = [ctx.assets[k] for k in cfg.mix_assets if k in ctx.assets]
+    rng = ctx.rng("throughput")
+
+    def next_request() -> dict[str, str]:
+        asset = rng.choice(mix)
+        params = {"url": asset.rel, "t": f"{rng.uniform(0, asset.duration):.6f}", "format": "jpeg"}
+        if rng.random() < 0.3:
+            params["tolerance"] = "inf"
+        return params
+
+    # warm every asset of the mix in both workers' reach (affinity then keeps each where it was opened)
+    for asset in mix:
+        http_grab(ctx, asset.rel, 0.5)
+    out: dict[str, Any] = {"mix": [a.key for a in mix], "exact_share": 0.7, "seconds_per_level": cfg.throughput_seconds}
+    for clients in cfg.clients:
+        out[str(clients)] = asyncio.run(_load(ctx, clients, cfg.throughput_seconds, next_request))
+        level = out[str(clients)]
+        ctx.say(
+            f"  throughput {clients:>3} clients: {level['ok_per_s']} ok/s, p50 {level['p50_ms']} ms, p99 "
+            f"{level['p99_ms']} ms, server {level['server_cores_used']} cores (machine busy "
+            f"{level['machine_cores_busy']}), peak RSS "
+            f"{level['server_peak_rss_mib']} MiB, statuses {level['statuses']}"
+        )
+    base = out[str(cfg.clients[0])]["ok_per_s"]
+    out["scaling"] = {str(c): ratio(out[str(c)]["ok_per_s"], base) for c in cfg.clients}
+    return out
+
+
+async def _load(ctx: Context, clients: int, seconds: float, next_request: Any) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    ok_in_window = 0
+    stop_at = 0.0
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal ok_in_window
+        while time.perf_counter() < stop_at:
+            params = next_request()
+            started = time.perf_counter()
+            try:
+                response = await client.get("/v1/frame", params=params)
+                status = str(response.status_code)
+                if response.status_code not in (200, 429):
+                    status += " " + _problem_code(response.content)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            done = time.perf_counter()
+            statuses[status] += 1
+            if status == "200":
+                latencies.append(done - started)
+                if done <= stop_at:
+                    ok_in_window += 1
+            elif status == "429":
+                await asyncio.sleep(0.05)  # back off a little, as a polite client would
+
+    self_cpu0 = _self_cpu()
+    async with httpx.AsyncClient(base_url=ctx.server.base_url, timeout=120, limits=limits) as client:
+        with TreeMonitor(ctx.server.pid) as monitor:
+            started = time.perf_counter()
+            stop_at = started + seconds
+            await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+            elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "ok_per_s": round(ok_in_window / seconds, 2),
+        **summary(latencies),
+        "statuses": dict(statuses),
+        "errors_other_than_429": sum(v for k, v in statuses.items() if k not in ("200", "429")),
+        "server_start_rss_mib": round((monitor.samples[0] if monitor.samples else 0) / 2**20, 1),
+        "wall_s": round(elapsed, 2),
+        "server_cores_used": round(monitor.cores_used, 2),
+        "client_cores_used": round((_self_cpu() - self_cpu0) / elapsed, 2),
+        # everything busy on the machine meanwhile: minus server and client, what other processes took
+        "machine_cores_busy": round(monitor.machine_cores_busy, 2),
+        "server_peak_rss_mib": round(monitor.peak_rss / 2**20, 1),
+        "server_end_rss_mib": round((monitor.samples[-1] if monitor.samples else 0) / 2**20, 1),
+    }
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+
+def scenario_profile(ctx: Context) -> dict[str, Any]:
+    """cProfile of warm grabs through the engine, in-process (what a decoder worker runs per request)."""
+    from app.engine.generator import ImageGenerator
+    from app.engine.options import GrabOptions
+
+    asset = ctx.assets[ctx.cfg.batch_asset]
+    out: dict[str, Any] = {"asset": asset.key}
+    for label, options in (
+        ("exact", GrabOptions()),
+        ("keyframe", GrabOptions(tolerance_before=None, tolerance_after=None)),
+    ):
+        times = ctx.times(asset, ctx.cfg.profile_grabs + 1, "profile", label)
+        with ImageGenerator(asset.path, options) as generator:
+            generator.image_at(f"{times[0]:.6f}")  # warm: open and first decode outside the profile
+            components: dict[str, float] = {}
+            profiler = cProfile.Profile()
+            started = time.perf_counter()
+            profiler.enable()
+            for t in times[1:]:
+                result = generator.image_at(f"{t:.6f}")
+                for name, value in result.timings.items():
+                    components[name] = components.get(name, 0.0) + value
+            profiler.disable()
+            total = time.perf_counter() - started
+        stats = pstats.Stats(profiler)
+        rows = []
+        for (filename, line, func), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+            where = func if filename == "~" else f"{Path(filename).name}:{line}({func})"
+            rows.append((tottime, cumtime, calls, where))
+        rows.sort(reverse=True)
+        grabs = len(times) - 1
+        out[label] = {
+            "grabs": grabs,
+            "ms_per_grab": round(total / grabs * 1000, 2),
+            "components_ms_per_grab": {k: round(v / grabs * 1000, 2) for k, v in components.items()},
+            "top_self_time": [
+                {
+                    "function": where,
+                    "self_ms_per_grab": round(tt / grabs * 1000, 2),
+                    "cum_ms_per_grab": round(ct / grabs * 1000, 2),
+                    "share": round(tt / total, 3),
+                    "calls": calls,
+                }
+                for tt, ct, calls, where in rows[:12]
+            ],
+        }
+        buffer = io.StringIO()
+        pstats.Stats(profiler, stream=buffer).sort_stats("cumulative").print_stats(25)
+        out[label]["cumulative_text"] = buffer.getvalue().splitlines()[:60]
+        ctx.say(
+            f"  profile {label}: {out[label]['ms_per_grab']} ms/grab; components "
+            f"{out[label]['components_ms_per_grab']}; top self time: "
+            + ", ".join(f"{r['function']} {r['self_ms_per_grab']} ms" for r in out[label]["top_self_time"][:4])
+        )
+    return out
