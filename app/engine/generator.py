@@ -38,6 +38,13 @@ from app.engine.timeparse import TimeSpec, parse_time
 
 # Demuxers we accept. Probing picks among these only, whatever the name or extension says.
 FORMAT_WHITELIST = "mov,matroska,mpegts,avi,flv,ivf,h264,hevc,mxf,hls,mpeg"
+_DEMUXER_OPTIONS = {
+    "format_whitelist": FORMAT_WHITELIST,
+    # A live HLS playlist (no #EXT-X-ENDLIST) would be polled for new segments until the deadline:
+    # reload it once at most and give up on segments that never come.
+    "max_reload": "1",
+    "m3u8_hold_counters": "2",
+}
 
 _AV_TIME_BASE = 1_000_000
 _AVFMT_TS_DISCONT = 0x0200
@@ -142,21 +149,18 @@ class ImageGenerator:
                 io_open = None
             else:
                 self._file = _Named(source.open(), source.display_name)
-                io_open = _io_opener(source)
+                io_open = _NestedOpener(source)
         except OSError as exc:
             raise EngineError("source_not_found", "the source could not be opened") from exc
         try:
-            self._container = av.open(
-                self._file,
-                mode="r",
-                options={"format_whitelist": FORMAT_WHITELIST},
-                io_open=io_open,
-            )
+            self._container = av.open(self._file, mode="r", options=dict(_DEMUXER_OPTIONS), io_open=io_open)
         except EngineError:
             self.close()
             raise
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             self.close()
+            if isinstance(io_open, _NestedOpener) and io_open.refusal is not None:
+                raise io_open.refusal from exc  # FFmpeg swallowed our refusal: say what it was
             raise EngineError("unsupported_media", "the source is not a video file this service can read") from exc
 
     def _select_stream(self) -> None:
@@ -792,10 +796,24 @@ def _is_attached_picture(stream: Any) -> bool:
         return False
 
 
-def _io_opener(source: Source) -> Any:
-    """FFmpeg asks for nested resources (HLS playlists, segments) through this, never by itself."""
+class _NestedOpener:
+    """FFmpeg asks for nested resources (HLS playlists, segments) through this, never by itself:
+    each goes through the source's own rules (media-root confinement or the SSRF guard), and there
+    is a cap on how many one asset may open, so a playlist can't fan out or loop for ever."""
 
-    def io_open(url: str, flags: int, options: dict[str, Any]) -> BinaryIO:
-        return source.open_related(url)
+    MAX_OPENS = 512
 
-    return io_open
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.opens = 0
+        self.refusal: EngineError | None = None
+
+    def __call__(self, url: str, flags: int, options: dict[str, Any]) -> BinaryIO:
+        self.opens += 1
+        try:
+            if self.opens > self.MAX_OPENS:
+                raise EngineError("unsupported_media", "the playlist refers to too many resources")
+            return self.source.open_related(url)
+        except EngineError as exc:
+            self.refusal = self.refusal or exc
+            raise
