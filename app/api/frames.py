@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.cache import Coalescer, ImageCache
 from app.api.deps import get_image_cache, get_in_flight, get_pool
 from app.api.jobs import respond_async, wants_async
-from app.api.problems import Problem
+from app.api.problems import problem_responses
 from app.config import Settings, get_settings
 from app.engine.encode import negotiate_format
 from app.engine.generator import FrameResult
@@ -46,18 +46,19 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
         },
     },
     304: {"description": "Not modified (`If-None-Match` matched)."},
-    **{
-        status: {"description": description, "model": Problem, "content": {"application/problem+json": {}}}
-        for status, description in {
+    **problem_responses(
+        {
             400: "`invalid_parameter`",
-            403: "`source_forbidden`",
+            401: "`unauthorized` (API keys configured, none or a wrong one given)",
+            403: "`source_forbidden`, `signature_invalid`, `signature_expired`",
             404: "`source_not_found`",
-            422: "`no_image_at_time`, `unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_large`",
-            429: "`queue_full` (with `Retry-After`)",
+            422: "`no_image_at_time`, `unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_large`, "
+            "`source_too_many_pixels`, `source_too_long`, `source_too_many_streams`",
+            429: "`queue_full`, `rate_limited` (with `Retry-After`)",
             502: "`source_unreachable`",
             504: "`decode_timeout`",
-        }.items()
-    },
+        }
+    ),
 }
 
 

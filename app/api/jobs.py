@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from app.api.problems import Problem, problem_response
+from app.api.problems import problem_response, problem_responses
 from app.config import Settings, get_settings
 from app.engine.encode import negotiate_format
 from app.engine.errors import InvalidParameter
@@ -27,17 +27,16 @@ from app.schemas import FrameParams, RenderParams, TimeText
 
 router = APIRouter(tags=["jobs"])
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "model": Problem, "content": {"application/problem+json": {}}}
-    for status, description in {
+_PROBLEMS = problem_responses(
+    {
         400: "`invalid_parameter`",
         403: "`source_forbidden` (the source or the callback URL)",
         404: "`source_not_found`, `job_not_found`, `result_not_found`",
         409: "`result_pending`, `cancelled`",
         422: "`idempotency_key_reused`, or the failed time's own problem",
         503: "`shutting_down`",
-    }.items()
-}
+    }
+)
 
 _KEEPALIVE_SECONDS = 15.0
 

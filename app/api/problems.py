@@ -28,10 +28,19 @@ class Problem(BaseModel):
     code: str = Field(
         description="Stable machine-readable error code: "
         + ", ".join(f"`{code}` ({status})" for code, (status, _) in ERROR_CODES.items())
-        + "; also `not_found`, `method_not_allowed`, `internal_error`."
+        + "; also `unauthorized`, `signature_invalid`, `signature_expired`, `rate_limited`, `not_found`, "
+        "`method_not_allowed`, `internal_error`."
     )
     instance: str | None = None
     parameter: str | None = Field(default=None, description="The offending parameter, for `invalid_parameter`.")
+
+
+def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for problem documents, one per status."""
+    return {
+        status: {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+        for status, description in descriptions.items()
+    }
 
 
 def problem_response(
