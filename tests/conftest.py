@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import settings
 
 from app.config import Settings
 from app.main import create_app
@@ -37,3 +39,10 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"shared media corpus not found at {CORPUS}: real-media tests skipped")
     return CORPUS
+
+
+# CI explores the same examples every run (a red build must mean a change broke something);
+# locally, hypothesis keeps exploring new ones.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
