@@ -287,14 +287,19 @@ class ImageGenerator:
                 next_index += 1
 
     def close(self) -> None:
-        if self._container is not None:
+        if getattr(self, "_container", None) is not None:
             with contextlib.suppress(Exception):
                 self._container.close()
             self._container = None
-        if self._file is not None:
+        if getattr(self, "_file", None) is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
+
+    def __del__(self) -> None:
+        # Close in order (container, then the files it reads) even when nobody called close():
+        # PyAV's nested HLS readers corrupt the heap if garbage collection frees them first.
+        self.close()
 
     def __enter__(self) -> ImageGenerator:
         return self

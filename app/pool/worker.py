@@ -84,6 +84,10 @@ class _OpenAssets:
             evicted.close()
         return generator, identity
 
+    def close(self) -> None:
+        while self._items:
+            self._items.popitem()[1].close()
+
     def drop(self, task: GrabTask) -> None:
         """Forget every generator for this task's stream choice after a failure mid-decode: its
         decoder state is suspect."""
@@ -112,6 +116,7 @@ def worker_main(conn: Connection, settings: Settings) -> None:
     while True:
         message = pending.pop(0) if pending else conn.recv()
         if message is None:
+            assets.close()
             break
         if message[0] != "run":
             continue  # a cancel for a task that already finished
