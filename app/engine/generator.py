@@ -287,14 +287,14 @@ class ImageGenerator:
                 next_index += 1
 
     def close(self) -> None:
-        if getattr(self, "_container", None) is not None:
+        container, file = getattr(self, "_container", None), getattr(self, "_file", None)
+        self._container, self._file = None, None
+        if container is not None:
             with contextlib.suppress(Exception):
-                self._container.close()
-            self._container = None
-        if getattr(self, "_file", None) is not None:
+                container.close()
+        if file is not None:
             with contextlib.suppress(Exception):
-                self._file.close()
-            self._file = None
+                file.close()
 
     def __del__(self) -> None:
         # Close in order (container, then the files it reads) even when nobody called close():
