@@ -40,6 +40,9 @@ from app.engine.timeparse import TimeSpec, parse_time
 FORMAT_WHITELIST = "mov,matroska,mpegts,avi,flv,ivf,h264,hevc,mxf,hls,mpeg"
 _DEMUXER_OPTIONS = {
     "format_whitelist": FORMAT_WHITELIST,
+    # Every byte comes through our own I/O (the source's reader, nested opens via _NestedOpener),
+    # so FFmpeg may open no protocol at all itself: "none" matches none.
+    "protocol_whitelist": "none",
     # A live HLS playlist (no #EXT-X-ENDLIST) would be polled for new segments until the deadline:
     # reload it once at most and give up on segments that never come.
     "max_reload": "1",
