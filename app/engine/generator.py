@@ -146,13 +146,11 @@ class ImageGenerator:
 
     def _open_container(self) -> None:
         source = self._source
+        if isinstance(source, str | Path):
+            source = _TrustedFile(Path(source))
         try:
-            if isinstance(source, str | Path):
-                self._file = Path(source).open("rb")  # noqa: SIM115 - owned and closed by the generator
-                io_open = None
-            else:
-                self._file = _Named(source.open(), source.display_name)
-                io_open = _NestedOpener(source)
+            self._file = _Named(source.open(), source.display_name)
+            io_open = _NestedOpener(source)
         except OSError as exc:
             raise EngineError("source_not_found", "the source could not be opened") from exc
         try:
@@ -162,7 +160,7 @@ class ImageGenerator:
             raise
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             self.close()
-            if isinstance(io_open, _NestedOpener) and io_open.refusal is not None:
+            if io_open.refusal is not None:
                 raise io_open.refusal from exc  # FFmpeg swallowed our refusal: say what it was
             raise EngineError("unsupported_media", "the source is not a video file this service can read") from exc
 
@@ -802,6 +800,24 @@ def _is_attached_picture(stream: Any) -> bool:
         return bool(stream.disposition & av.stream.Disposition.attached_pic)
     except AttributeError:
         return False
+
+
+class _TrustedFile:
+    """A path given by the operator (CLI, library use): no media-root confinement, but still read
+    through our I/O, and nested resources only as files beside it, never by FFmpeg itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.display_name = path.name
+        self.identity = f"path:{path}"
+
+    def open(self) -> BinaryIO:
+        return self.path.open("rb")
+
+    def open_related(self, url: str) -> BinaryIO:
+        if "://" in url or url.startswith(("file:", "data:")):
+            raise EngineError("source_forbidden", "a local playlist may refer to local files only")
+        return (self.path.parent / url).open("rb")
 
 
 class _NestedOpener:
