@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import resource
+import time
 from collections import OrderedDict
 from fractions import Fraction
 from multiprocessing.connection import Connection
@@ -27,6 +28,7 @@ from app.engine.generator import FrameResult, ImageGenerator
 from app.engine.options import SourceLimits
 from app.pool.base import GrabTask
 
+REMOTE_REVALIDATE_SECONDS = 10.0  # how long a remote asset's identity is trusted without asking again
 CPU_SECONDS_PER_TASK_FACTOR = 2  # CPU time a task may use, as a multiple of the wall-clock decode timeout
 
 
@@ -64,12 +66,26 @@ class _OpenAssets:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, int | None], ImageGenerator] = OrderedDict()
+        self._remote: dict[str, tuple[str, float]] = {}  # url -> (identity, when it was last checked)
 
     def get(self, task: GrabTask, settings: Settings) -> tuple[ImageGenerator, str]:
-        from app.engine.sources import resolve_source
+        from app.engine.sources import HttpSource, resolve_source
 
+        recent = self._remote.get(task.url)
+        if recent is not None and time.monotonic() - recent[1] < REMOTE_REVALIDATE_SECONDS:
+            # A remote asset checked moments ago: revalidating costs a request (and a block of
+            # bytes) per grab, so trust it for a few seconds, as an HTTP cache would.
+            key = (recent[0], task.options.stream)
+            if (generator := self._items.pop(key, None)) is not None:
+                generator.options = task.options
+                self._items[key] = generator
+                return generator, recent[0]
         source = resolve_source(task.url, settings)
         identity = source.identity  # changes with the bytes: size + mtime, or ETag / Last-Modified
+        if isinstance(source, HttpSource):
+            self._remote[task.url] = (identity, time.monotonic())
+            if len(self._remote) > 4 * self.capacity:
+                self._remote.pop(next(iter(self._remote)))
         key = (identity, task.options.stream)
         generator = self._items.pop(key, None)
         if generator is None:
