@@ -109,7 +109,14 @@ def test_any_query_is_an_image_or_a_problem(
 @given(
     body=st.dictionaries(
         st.sampled_from(["url", *sorted(PARAMS)]),
-        st.one_of(text(30), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(), st.lists(st.integers(), max_size=2)),
+        st.one_of(
+            text(30),
+            st.integers(),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.booleans(),
+            st.none(),
+            st.lists(st.integers(), max_size=2),
+        ),
     )
 )
 def test_any_json_body_is_an_image_or_a_problem(client: TestClient, body: dict[str, Any]) -> None:
