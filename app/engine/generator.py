@@ -195,6 +195,7 @@ class ImageGenerator:
         self._synthetic_pts = False  # learnt on the first decode from the start
         self._at_start = True  # nothing demuxed yet: decoding now starts at the stream's start
         self._lookahead: _Decoded | None = None  # first frame past the previous target, still usable
+        self._previous: _Decoded | None = None  # the frame answered last, with _lookahead the one after it
         self._decoder_live = False  # the decoder state follows on from the last target
         self._duration_cache: Fraction | None = None
         self._last_frame: _Decoded | None = None  # the stream's last frame, once seen
@@ -397,6 +398,14 @@ class ImageGenerator:
 
     def _on_screen(self, target: int) -> _Decoded:
         """The last frame with pts <= target (or the first frame, if target precedes it)."""
+        previous, ahead = self._previous, self._lookahead
+        # Still the frame we answered last (ahead of it is the next one, or nothing at all)?
+        if (
+            previous is not None
+            and previous.pts <= target
+            and ((ahead is not None and target < ahead.pts) or (ahead is None and previous is self._last_frame))
+        ):
+            return previous
         resume = self._can_continue(target)
         backoff = iter(_BACKOFF_SECONDS)
         seek_to: int | None = None if resume else target
@@ -437,6 +446,7 @@ class ImageGenerator:
             elif trusted_from_start or first.pts <= target:
                 if best is None:  # target precedes the first frame of the stream
                     return first
+                self._previous = best
                 return best
             # The seek landed after the target (or on nothing): seek earlier.
             step = next(backoff, None)
@@ -544,10 +554,30 @@ class ImageGenerator:
             self._seek(aim, backward=True)
         except av.error.FFmpegError:
             return None
-        decoded = next(self._decode(trust_all=False), None)
+        # (AVI frames are timed by the DTS the decoder hands out as it goes: no shortcut there.)
+        decoded = next(self._decode(trust_all=False), None) if self._dts_clock else self._decode_one_keyframe()
         self._lookahead = None
         self._decoder_live = False
         return decoded
+
+    def _decode_one_keyframe(self) -> _Decoded | None:
+        """The first keyframe after a seek, decoding that one packet and draining the decoder (no
+        later pictures fed just to push it out of the reorder buffer)."""
+        codec = self._stream.codec_context
+        codec.skip_frame = "DEFAULT"
+        for packet in self._container.demux(self._stream):
+            if packet.size and not packet.is_keyframe:
+                continue
+            try:
+                frames = [*codec.decode(packet), *codec.decode(None)] if packet.size else codec.decode(None)
+            except (av.error.FFmpegError, ValueError):
+                return None
+            for frame in frames:
+                if frame.key_frame:
+                    pts = self._pts_guess.guess(frame.pts, frame.dts)
+                    return None if pts is None else _Decoded(frame, int(pts), True)
+            return None
+        return None
 
     # ------------------------------------------------------------------ decoding
 

@@ -344,6 +344,7 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, dynamic_range: s
             src_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
             dst_color_range=ColorRange.JPEG,
             interpolation=_SWS_FLAGS,
+            threads=1,  # one decoder process per core already; per-call thread pools only cost memory
         )
         array = converted.to_ndarray()
     except (av.FFmpegError, ValueError) as exc:

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -115,6 +116,9 @@ class ProcessDecoderPool:
         return [w.process.pid for w in self._workers if w.process is not None and w.process.is_alive()]
 
     def _spawn(self, worker: _Worker) -> None:
+        # glibc gives every thread its own 64 MiB malloc arena: under the worker's address-space cap
+        # that runs out long before memory does. The child reads this at start-up (spawn inherits it).
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         parent, child = _CONTEXT.Pipe(duplex=True)
         process = _CONTEXT.Process(
             target=worker_main, args=(child, self.settings), name=f"stillframe-decoder-{worker.slot}", daemon=True
