@@ -32,6 +32,14 @@ REMOTE_REVALIDATE_SECONDS = 10.0  # how long a remote asset's identity is truste
 CPU_SECONDS_PER_TASK_FACTOR = 2  # CPU time a task may use, as a multiple of the wall-clock decode timeout
 
 
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def source_limits(settings: Settings) -> SourceLimits:
     return SourceLimits(
         max_pixels=settings.max_source_pixels,
@@ -104,6 +112,13 @@ class _OpenAssets:
         while self._items:
             self._items.popitem()[1].close()
 
+    def trim(self, rss_budget: int) -> None:
+        """Bound by memory as well as count: decoders of large video hold tens of MiB each, so past
+        the budget the least recently used assets are closed (the one just used stays)."""
+        while len(self._items) > 1 and _rss_bytes() > rss_budget:
+            _, evicted = self._items.popitem(last=False)
+            evicted.close()
+
     def drop(self, task: GrabTask) -> None:
         """Forget every generator for this task's stream choice after a failure mid-decode: its
         decoder state is suspect."""
@@ -152,4 +167,5 @@ def worker_main(conn: Connection, settings: Settings) -> None:
         except MemoryError:
             assets.drop(task)
             conn.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
+        assets.trim(settings.worker_memory_limit // 4)
         conn.send(("done", task_id))
