@@ -16,6 +16,7 @@ from PIL import Image
 from app.config import Settings
 from app.engine.errors import ERROR_CODES
 from app.main import create_app
+from tests.media import DAMAGED, UNDECODABLE
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -225,20 +226,13 @@ def test_health(client: TestClient) -> None:
 
 # ---------------------------------------------------------------- hostile and broken files in the corpus
 
-BROKEN = [
-    "corrupt_decord.mp4",
-    "corrupt_h264_invalid_nalu.mp4",
-    "corrupt_malformed_free_box.mp4",
-    "corrupt_mdat_too_long.mp4",
-    "corrupt_mpeg_ps_with_junk.mpg",
-    "corrupt_vp9_invalid_bitstream.webm",
-    "dolbyvision_av1_dav1_no_decoder.mp4",
-    "mp4_annexb_h264_truncated.mp4",
-    "ts_truncated_1mib_no_aud.ts",
-    "MANIFEST.md",
-    "provenance.json",
-    "h264_interlaced_raw_annexb.h264.md5",
-]
+# Damaged, undecodable and truncated corpus files, and the corpus's own non-video sidecars.
+BROKEN = sorted(
+    UNDECODABLE
+    | DAMAGED
+    | {"mp4_annexb_h264_truncated.mp4", "ts_truncated_1mib_no_aud.ts"}
+    | {"MANIFEST.md", "provenance.json", "h264_interlaced_raw_annexb.h264.md5"}
+)
 
 
 @pytest.mark.parametrize("name", BROKEN)
