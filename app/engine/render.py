@@ -47,6 +47,9 @@ DEFAULT_MAX_OUTPUT_PIXELS = 7680 * 4320
 # output pixels, which smears coloured edges (30 dB PSNR on colour bars against 49 dB); at 1080p the
 # accurate path costs ~17 ms (full size) or ~6 ms when downscaling to 640 wide.
 _SWS_FLAGS = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+# Same size, 8-bit out: the filter only upsamples chroma, where bilinear matches bicubic's colours
+# (the colour tests hold) at two thirds of the time (12 vs 19 ms for a 1080p frame).
+_SWS_FLAGS_SAME_SIZE_8BIT = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 _RESAMPLE = Image.Resampling.BICUBIC
 
 # Sample aspect ratios outside this range are treated as damaged metadata and ignored.
@@ -343,7 +346,9 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, dynamic_range: s
             dst_colorspace=matrix,
             src_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
             dst_color_range=ColorRange.JPEG,
-            interpolation=_SWS_FLAGS,
+            interpolation=_SWS_FLAGS
+            if transfer or (width, height) != (frame.width, frame.height)
+            else _SWS_FLAGS_SAME_SIZE_8BIT,
             threads=1,  # one decoder process per core already; per-call thread pools only cost memory
         )
         array = converted.to_ndarray()
