@@ -109,7 +109,6 @@ class _Decoded:
 
     frame: av.VideoFrame
     pts: int
-    key: bool
 
 
 class ImageGenerator:
@@ -249,10 +248,6 @@ class ImageGenerator:
             start = self._stream.start_time or 0
             self._duration_cache = (start + self._stream.duration) * self._time_base - self._origin
         return self._duration_cache
-
-    @property
-    def stream(self) -> Any:
-        return self._stream
 
     def image_at(self, t: str | Fraction | int | TimeSpec) -> FrameResult:
         """The image for one requested time; raises EngineError when there is none."""
@@ -575,7 +570,7 @@ class ImageGenerator:
             for frame in frames:
                 if frame.key_frame:
                     pts = self._pts_guess.guess(frame.pts, frame.dts)
-                    return None if pts is None else _Decoded(frame, int(pts), True)
+                    return None if pts is None else _Decoded(frame, int(pts))
             return None
         return None
 
@@ -692,11 +687,10 @@ class ImageGenerator:
                 elif pts is None:
                     continue
                 produced += 1
-                key = bool(frame.key_frame)
-                if not trusted and not key:
+                if not trusted and not frame.key_frame:
                     continue
                 trusted = True
-                decoded = _Decoded(frame, int(pts), key)
+                decoded = _Decoded(frame, int(pts))
                 if from_start and self._first_frame_pts is None:
                     self._first_frame_pts = decoded.pts
                 yield decoded

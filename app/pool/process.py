@@ -111,10 +111,6 @@ class ProcessDecoderPool:
     def ready(self) -> bool:
         return not self._stopping and any(w.ready for w in self._workers)
 
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (for operators and fault tests)."""
-        return [w.process.pid for w in self._workers if w.process is not None and w.process.is_alive()]
-
     def _spawn(self, worker: _Worker) -> None:
         # glibc gives every thread its own 64 MiB malloc arena: under the worker's address-space cap
         # that runs out long before memory does. The child reads this at start-up (spawn inherits it).
