@@ -17,22 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import imageio_ffmpeg
 
 from tests.live_server import REPO, free_port
+from tests.media import make_h264_clip
 
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes
 
 
 def make_clip(path: Path, *, size: str = "320x240", seconds: int = 4, gop: int = 25) -> Path:
     """A 25 fps H.264 clip (testsrc2) made with the ffmpeg CLI."""
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", f"testsrc2=size={size}:rate=25:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
-         "-g", str(gop), "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )  # fmt: skip
-    return path
+    return make_h264_clip(path, size=size, rate=25, seconds=seconds, gop=gop, extra=["-preset", "ultrafast"])
 
 
 class JobServer:

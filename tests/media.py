@@ -75,6 +75,23 @@ def corpus_id(path: Path) -> str:
     return str(path.relative_to(MEDIA)) if path.is_relative_to(MEDIA) else path.name
 
 
+def make_h264_clip(
+    path: Path, *, size: str, rate: int, seconds: int, gop: int | None = None, extra: Sequence[str] = ()
+) -> Path:
+    """A plain H.264 ``testsrc2`` clip (x264 defaults: B-frames on) made with the ffmpeg CLI, for
+    tests that need a small real video and nothing special about it (see ``make_clip`` for those)."""
+    import imageio_ffmpeg
+
+    keyint = ["-g", str(gop)] if gop is not None else []
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}", "-c:v", "libx264", *keyint, *extra,
+         "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
 class ClipError(RuntimeError):
     pass
 

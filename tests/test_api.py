@@ -16,7 +16,7 @@ from PIL import Image
 from app.config import Settings
 from app.engine.errors import ERROR_CODES
 from app.main import create_app
-from tests.media import DAMAGED, UNDECODABLE
+from tests.media import DAMAGED, UNDECODABLE, make_h264_clip
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -26,11 +26,7 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A media root with clips made here: 25 fps H.264 with B-frames, audio only, and junk."""
     root = tmp_path_factory.mktemp("media")
     run = ["-hide_banner", "-loglevel", "error", "-y"]
-    subprocess.run(
-        [FFMPEG, *run, "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=4",
-         "-c:v", "libx264", "-bf", "2", "-g", "25", "-pix_fmt", "yuv420p", str(root / "clip.mp4")],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(root / "clip.mp4", size="320x240", rate=25, seconds=4, gop=25, extra=["-bf", "2"])
     subprocess.run(
         [FFMPEG, *run, "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(root / "audio.m4a")], check=True
     )
@@ -133,11 +129,7 @@ def test_repeat_is_served_from_the_image_cache(client: TestClient) -> None:
 
 
 def test_identical_requests_in_flight_share_one_decode(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
-    subprocess.run(
-        [FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25:duration=8",
-         "-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p", str(tmp_path / "long-gop.mp4")],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(tmp_path / "long-gop.mp4", size="1280x720", rate=25, seconds=8, gop=250)
     client = make_client(media_root=tmp_path)
     pool = client.app.state.pool  # type: ignore[attr-defined]
     before = pool.submitted

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import imageio_ffmpeg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -30,6 +28,7 @@ from app.api.ratelimit import MemoryRateLimiter, Rate, parse_rate
 from app.cli import main as cli_main
 from app.config import Settings, get_settings
 from app.main import create_app
+from tests.media import make_h264_clip
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-fedcba9876543210"
@@ -39,12 +38,7 @@ SIGNING = "web:web-secret-0123456789,old:old-secret-9876543210"
 @pytest.fixture(scope="module")
 def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("auth-media")
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "testsrc2=size=64x48:rate=5:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-         str(root / "clip.mp4")],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(root / "clip.mp4", size="64x48", rate=5, seconds=2)
     return root
 
 

@@ -8,7 +8,6 @@ Address policy units with a resolver stub are in tests/test_ssrf.py; this is the
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.hostile import assert_problem
 from tests.http_server import LoopbackServer
+from tests.media import make_h264_clip
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 ORIGIN_HOST = "127.0.0.2"  # the one "public" origin: allowed through STILLFRAME_ALLOWED_NETWORKS
@@ -70,12 +70,7 @@ def _count_connections(server: LoopbackServer, seen: list[Any]) -> None:
 
 
 def _make_clip(path: Path) -> None:
-    subprocess.run(
-        [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", "testsrc2=size=96x64:rate=10:duration=2", "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p",
-         str(path)],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(path, size="96x64", rate=10, seconds=2, gop=10)
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import imageio_ffmpeg
 import pytest
 
 from tests.http_server import LoopbackServer
 from tests.live_server import LiveServer, live_server
+from tests.media import make_h264_clip
 
 
 @pytest.fixture(scope="module")
 def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pool-media")
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "testsrc2=size=320x240:rate=25:duration=4", "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p",
-         str(root / "clip.mp4")],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(root / "clip.mp4", size="320x240", rate=25, seconds=4, gop=25)
     return root
 
 

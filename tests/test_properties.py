@@ -3,13 +3,11 @@ a client sends, the answer is an image or a 4xx problem, never a 500."""
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -19,17 +17,13 @@ from app.api.auth import AccessDenied, UrlSigner
 from app.config import Settings
 from app.main import create_app
 from tests.hostile import assert_served_or_problem
+from tests.media import make_h264_clip
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("property-media")
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "testsrc2=size=64x48:rate=10:duration=2", "-c:v", "libx264", "-g", "5", "-pix_fmt", "yuv420p",
-         str(root / "clip.mp4")],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(root / "clip.mp4", size="64x48", rate=10, seconds=2, gop=5)
     (root / "notes.txt").write_text("not a video")
     settings = Settings(media_root=root, workers=1, data_dir=Path(tempfile.mkdtemp(prefix="stillframe-props-")))
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:

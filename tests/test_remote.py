@@ -4,14 +4,13 @@ not the file, and a warm asset is not fetched again."""
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 
-import imageio_ffmpeg
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.http_server import LoopbackServer
+from tests.media import make_h264_clip
 
 
 def fetched_bytes(server: LoopbackServer, path: str, size: int) -> int:
@@ -29,12 +28,9 @@ def fetched_bytes(server: LoopbackServer, path: str, size: int) -> int:
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopbackServer, int]]:
     clip = tmp_path_factory.mktemp("remote") / "clip.mp4"
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "testsrc2=size=1280x720:rate=25:duration=20", "-c:v", "libx264", "-preset", "ultrafast", "-g", "50",
-         "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(clip)],
-        check=True,
-    )  # fmt: skip
+    make_h264_clip(
+        clip, size="1280x720", rate=25, seconds=20, gop=50, extra=["-preset", "ultrafast", "-movflags", "+faststart"]
+    )
     data = clip.read_bytes()
     with LoopbackServer() as server:
         server.add_file("/clip.mp4", data)
