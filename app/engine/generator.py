@@ -732,21 +732,21 @@ class ImageGenerator:
     # ------------------------------------------------------------------ rendering
 
     def _render(self, frame: av.VideoFrame) -> tuple[bytes, int, int, dict[str, float]]:
-        from app.engine.encode import encode_image
-        from app.engine.render import render_frame
+        from app.engine.encode import encode_frame
 
-        started = time.perf_counter()
         try:
-            image = render_frame(
-                frame, self.options.render, stream=self._stream, max_output_pixels=self.max_output_pixels
+            data, (width, height), timings = encode_frame(
+                frame,
+                self.options.render,
+                self.options.encode,
+                stream=self._stream,
+                max_output_pixels=self.max_output_pixels,
             )
         except EngineError:
             raise
         except (av.error.FFmpegError, ValueError, MemoryError) as exc:
             raise EngineError("decode_failed", "the frame could not be converted to an image") from exc
-        rendered = time.perf_counter()
-        data = encode_image(image, self.options.encode)
-        return data, image.width, image.height, {"render": rendered - started, "encode": time.perf_counter() - rendered}
+        return data, width, height, timings
 
 
 class _Named(io.RawIOBase):

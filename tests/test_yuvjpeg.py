@@ -1,0 +1,185 @@
+"""JPEG straight from the YUV planes (app/engine/yuvjpeg.py) against the RGB path it stands in for.
+
+The RGB path (``render_frame``, then Pillow's JPEG encoder) is checked against the ffmpeg CLI in
+test_render.py; here the fast path must give the same picture as that path: the same colours (known RGB
+patches, every matrix and range), the same orientation and size, and pixels within JPEG's own noise.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from av.video.reformatter import ColorRange
+from PIL import Image
+
+from app.engine import yuvjpeg
+from app.engine.encode import encode_frame, encode_image
+from app.engine.options import EncodeOptions, RenderOptions
+from app.engine.render import plan_frame, render_frame
+from tests.test_render import (
+    PATCHES,
+    _patch_means,
+    clips,
+    ffmpeg_png,
+    first_frame,
+    make_clip,
+    make_patch_clip,
+    psnr,
+)
+
+__all__ = ["clips"]  # the module-scoped fixture, shared with test_render
+
+JPEG = EncodeOptions(format="jpeg")
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "JPEG"
+        return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def _fast(frame: av.VideoFrame, stream: object, options: RenderOptions, quality: int = 85) -> bytes:
+    layout, region = plan_frame(frame, options, stream=stream)
+    assert yuvjpeg.can_encode(frame, layout, region, options.dynamic_range)
+    return yuvjpeg.encode_planes(yuvjpeg.jfif_frame_planes(frame, layout), quality)
+
+
+def _slow(frame: av.VideoFrame, stream: object, options: RenderOptions, quality: int = 85) -> bytes:
+    return encode_image(render_frame(frame, options, stream=stream), EncodeOptions(format="jpeg", quality=quality))
+
+
+@pytest.mark.parametrize(
+    ("size", "matrix", "rng", "tag"),
+    [
+        ((640, 360), "bt709", "tv", True),
+        ((640, 360), "smpte170m", "pc", True),  # JFIF itself: the planes go out untouched
+        ((640, 360), "bt470bg", "tv", False),  # untagged SD: BT.601 guessed
+        ((1280, 720), "bt709", "tv", False),  # untagged HD: BT.709 guessed
+        ((1280, 720), "bt709", "pc", True),
+        ((640, 360), "bt2020nc", "tv", True),
+    ],
+)
+def test_colour_patches(tmp_path: Path, size: tuple[int, int], matrix: str, rng: str, tag: bool) -> None:
+    frame, stream = first_frame(make_patch_clip(tmp_path, size=size, matrix=matrix, rng=rng, tag=tag))
+    expected = np.array(PATCHES, dtype=np.float64)
+    got = _patch_means(Image.fromarray(_decoded(_fast(frame, stream, RenderOptions(), quality=95)).astype(np.uint8)))
+    assert np.abs(got - expected).max() < 3, got.round(1)
+    # The test can tell: read with another matrix or range, the same planes miss by far more.
+    full = ColorRange.JPEG if frame.color_range == ColorRange.JPEG or frame.format.name == "yuvj420p" else 1
+    other_matrix = 6 if matrix in ("bt709", "bt2020nc") else 1  # BT.601 is the one furthest from both
+    for colorspace, color_range in ((other_matrix, full), (frame.colorspace, 3 - full)):
+        wrong = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+        wrong.colorspace, wrong.color_range = colorspace, color_range
+        got_wrong = _patch_means(
+            Image.fromarray(_decoded(_fast(wrong, stream, RenderOptions(), quality=95)).astype(np.uint8))
+        )
+        assert np.abs(got_wrong - expected).max() > 10
+
+
+@pytest.mark.parametrize("name", ["plain", "rot90_hflip", "rot270", "vflip", "sar2"])
+def test_same_picture_as_the_rgb_path(clips: dict[str, Path], name: str) -> None:
+    """Orientation (rotations and mirrors on the planes) from 4:4:4 input."""
+    frame, stream = first_frame(clips[name])
+    options = RenderOptions(aperture="encoded")  # stored pixels: a SAR would ask for scaling
+    fast, slow = _decoded(_fast(frame, stream, options)), _decoded(_slow(frame, stream, options))
+    assert fast.shape == slow.shape
+    assert psnr(fast, slow) > 30
+    assert np.abs(fast.mean(axis=(0, 1)) - slow.mean(axis=(0, 1))).max() < 1.5
+
+
+@pytest.mark.parametrize("size", ["320x240", "160x90", "98x64"])
+def test_as_close_to_ffmpeg_as_the_rgb_path(tmp_path: Path, size: str) -> None:
+    """Against the ffmpeg CLI's own conversion (explicit matrix, range and chroma siting), the JPEG
+    from the planes is no worse than the JPEG from RGB."""
+    w, h = (int(v) for v in size.split("x"))
+    src = f"testsrc2=s={w + 1}x{h + 1}:r=10,crop={w}:{h}:exact=1"  # testsrc2 itself makes even sizes only
+    path = make_clip(tmp_path, f"s{size}.avi", src=src, encode=["-c:v", "mpeg4", "-q:v", "2"])
+    frame, stream = first_frame(path)
+    assert (frame.width, frame.height, frame.format.name) == (w, h, "yuv420p")
+    vf = "scale=in_color_matrix=bt601:in_range=tv:in_chroma_loc=left:flags=bicubic+accurate_rnd+full_chroma_int"
+    reference = ffmpeg_png(path, "-vf", f"{vf},format=rgb24")
+    fast, slow = _decoded(_fast(frame, stream, RenderOptions())), _decoded(_slow(frame, stream, RenderOptions()))
+    assert fast.shape == slow.shape == (h, w, 3)
+    assert psnr(fast, reference) > psnr(slow, reference) - 0.5
+
+
+@pytest.mark.parametrize("size", ["161x121", "97x64", "96x63"])
+def test_odd_sizes_take_the_rgb_path(tmp_path: Path, size: str) -> None:
+    """swscale stretches an odd size's ceil(w/2) chroma samples over w pixels where JPEG sites them
+    every two: the RGB path keeps such frames as the ffmpeg CLI shows them."""
+    w, h = (int(v) for v in size.split("x"))
+    src = f"testsrc2=s={w + 1}x{h + 1}:r=10,crop={w}:{h}:exact=1"
+    frame, stream = first_frame(make_clip(tmp_path, f"s{size}.avi", src=src, encode=["-c:v", "mpeg4"]))
+    assert (frame.width, frame.height) == (w, h)
+    layout, region = plan_frame(frame, RenderOptions(), stream=stream)
+    assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
+    data, out_size, _ = encode_frame(frame, RenderOptions(), JPEG, stream=stream)
+    assert out_size == (w, h) and _decoded(data).shape == (h, w, 3)
+
+
+def test_ten_bit_sdr(tmp_path: Path) -> None:
+    path = make_clip(
+        tmp_path, "ten.mp4", src="testsrc2=s=320x240:r=10", encode=["-c:v", "libx264", "-pix_fmt", "yuv420p10le"]
+    )
+    frame, stream = first_frame(path)
+    assert frame.format.name == "yuv420p10le"
+    fast, slow = _decoded(_fast(frame, stream, RenderOptions())), _decoded(_slow(frame, stream, RenderOptions()))
+    assert psnr(fast, slow) > 28
+    assert np.abs(fast.mean(axis=(0, 1)) - slow.mean(axis=(0, 1))).max() < 1.5
+
+
+@pytest.mark.parametrize("transpose", list(Image.Transpose))
+def test_plane_transposes_match_pillow(transpose: Image.Transpose) -> None:
+    plane = np.random.default_rng(1).integers(0, 256, (5, 7), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(plane).transpose(transpose))
+    assert np.array_equal(yuvjpeg._PLANE_TRANSPOSES[transpose](plane), expected)
+
+
+def test_fixed_point_matches_the_matrix() -> None:
+    """The integer conversion against the same maths in float64, over every chroma code pair."""
+    u, v = np.meshgrid(np.arange(16, 241, dtype=np.uint8), np.arange(16, 241, dtype=np.uint8))
+    y = np.full((u.shape[0] * 2, u.shape[1] * 2), 126, dtype=np.uint8)
+    colorspace = 1  # ITU709 in swscale's numbering
+    jy, jcb, _jcr = yuvjpeg.jfif_planes(y, u, v, colorspace, full_range=False)
+    src = np.linalg.inv(yuvjpeg._yuv_matrix(0.2126, 0.0722))
+    rgb = src @ np.stack([np.full(u.shape, (126 - 16) / 219), (u - 128.0) / 224, (v - 128.0) / 224]).reshape(3, -1)
+    ref = yuvjpeg._yuv_matrix(0.299, 0.114) @ rgb
+    ref_y = np.clip(np.round(ref[0] * 255), 0, 255).reshape(u.shape)
+    ref_cb = np.clip(np.round(ref[1] * 255 + 128), 0, 255).reshape(u.shape)
+    assert np.abs(jcb.astype(float) - ref_cb).max() <= 1
+    assert np.abs(jy[0::2, 0::2].astype(float) - ref_y).max() <= 1
+    assert np.array_equal(jy[0::2, 0::2], jy[1::2, 1::2])  # one correction per 2x2 block
+
+
+def test_encode_frame_picks_the_path(clips: dict[str, Path]) -> None:
+    """JPEG of a plain layout comes from the planes; pad, cover crops and other formats from RGB."""
+    frame, stream = first_frame(clips["plain"])
+    plain, _ = plan_frame(frame, RenderOptions(), stream=stream)
+    assert yuvjpeg.can_encode(frame, plain, None, "sdr")
+    for options in (
+        RenderOptions(width=100, height=100, fit="pad"),
+        RenderOptions(width=100, height=100, fit="cover"),
+        RenderOptions(width=100, height=100, fit="fill"),
+    ):
+        layout, region = plan_frame(frame, options, stream=stream)
+        assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
+        data, size, _ = encode_frame(frame, options, JPEG, stream=stream)
+        assert size == (100, 100) and _decoded(data).shape == (100, 100, 3)
+    rgb = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
+    layout, region = plan_frame(rgb, RenderOptions())
+    assert not yuvjpeg.can_encode(rgb, layout, region, "sdr")
+    data, size, timings = encode_frame(frame, RenderOptions(), JPEG, stream=stream)
+    assert size == (320, 240) and set(timings) == {"render", "encode"}
+    assert psnr(_decoded(data), _decoded(_slow(frame, stream, RenderOptions()))) > 30
+
+
+def test_hdr_to_sdr_takes_the_tone_mapping_path() -> None:
+    frame = av.VideoFrame.from_ndarray(np.full((24, 16), 512, dtype=np.uint16), format="yuv420p10le")
+    frame.color_trc = 16  # PQ
+    layout, region = plan_frame(frame, RenderOptions())
+    assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
+    assert yuvjpeg.can_encode(frame, layout, region, "native")
