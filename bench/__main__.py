@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
 
+    # The engine runs in this process too (batch, profile): give it the allocator a decoder worker has.
+    from app.pool.worker import tune_allocator
+
+    tune_allocator()
     began = time.perf_counter()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cache = args.cache_dir.resolve()

@@ -105,6 +105,35 @@ def test_unordered_results_come_in_time_order(clip: Path) -> None:
     assert [r.index for r in results] == [3, 1, 2, 0]
 
 
+def test_batch_renders_on_a_helper_thread_with_the_same_bytes(clip: Path) -> None:
+    """A batch renders each frame while the next decodes: every image is the one a single grab gives,
+    and a failing render (an output over the pixel cap) fails its own times only."""
+    times = [f"{n / 25:.2f}" for n in range(0, 100, 3)]
+    for encode in (PNG, EncodeOptions(format="jpeg")):
+        with ImageGenerator(clip, GrabOptions(encode=encode)) as generator:
+            batch = list(generator.images_for(times))
+        assert all(isinstance(r, FrameResult) for r in batch)
+        for t, result in zip(times[::5], batch[::5], strict=True):
+            with ImageGenerator(clip, GrabOptions(encode=encode)) as single:
+                assert single.image_at(t).image == result.image, t
+    with ImageGenerator(clip, GrabOptions(encode=PNG), max_output_pixels=100) as capped:
+        failed = list(capped.images_for(times))
+    assert [r.index for r in failed] == list(range(len(times)))
+    assert all(isinstance(r, FrameFailure) and r.error.code == "invalid_parameter" for r in failed)
+
+
+def test_abandoning_a_batch_waits_for_its_renders(clip: Path) -> None:
+    """Closing a batch half-way (a cancelled job) and then the asset must not leave a render reading
+    a closed container (PyAV would crash the process)."""
+    generator = ImageGenerator(clip, GrabOptions())
+    results = generator.images_for([f"{n / 25:.2f}" for n in range(0, 100, 2)], ordered=False)
+    assert isinstance(next(results), FrameResult)
+    results.close()
+    generator.close()
+    with ImageGenerator(clip, GrabOptions()) as again:
+        assert again.image_at("1").actual_time == 1
+
+
 def test_same_frame_twice_on_one_generator_matches_a_fresh_one(clip: Path) -> None:
     """The open-asset path (continue decoding, seek back) gives the bytes a fresh open gives."""
     with ImageGenerator(clip, GrabOptions(encode=PNG)) as warm:

@@ -19,10 +19,13 @@ How a frame is chosen (the time contract):
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -109,6 +112,28 @@ class _Decoded:
 
     frame: av.VideoFrame
     pts: int
+
+
+_Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
+_PIPELINE_DEPTH = 2  # decoded frames that may wait for the render thread (memory: a few frames)
+
+
+@dataclass
+class _Pending:
+    """A requested time whose frame is decoded and whose image is being made."""
+
+    index: int
+    requested: TimeSpec
+    seconds: Fraction
+    decoded: _Decoded
+    decode_seconds: float
+    render: Future[_Rendered]
+
+
+@functools.cache
+def _render_thread() -> ThreadPoolExecutor:
+    """One render thread per process: a decoder worker runs one task at a time."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stillframe-render")
 
 
 class ImageGenerator:
@@ -320,34 +345,64 @@ class ImageGenerator:
                 continue
             resolved.append((seconds, index, spec))
         resolved.sort(key=lambda item: (item[0], item[1]))
-        rendered: dict[int, tuple[bytes, int, int, dict[str, float]]] = {}  # pts -> encoded image
-        for seconds, index, spec in resolved:
-            try:
-                started = time.perf_counter()
-                decoded = self._frame_for(seconds)
-                decode_seconds = time.perf_counter() - started
-                if decoded.pts not in rendered:
-                    rendered.clear()  # sorted order: an earlier frame is never needed again
-                    rendered[decoded.pts] = self._render(decoded.frame)
-                image, width, height, timings = rendered[decoded.pts]
-                timings = {"open": self._open_seconds, "decode": decode_seconds, **timings}
-                self._open_seconds = 0.0  # the open is paid once, by the first result
-            except EngineError as exc:
-                yield FrameFailure(index, spec, exc)
-                continue
-            yield FrameResult(
-                index=index,
-                requested=spec,
-                requested_time=seconds,
-                actual_time=decoded.pts * self._time_base - self._origin,
-                pts=decoded.pts,
-                time_base=self._time_base,
-                image=image,
-                content_type=CONTENT_TYPES[self.options.encode.format],
-                width=width,
-                height=height,
-                timings=timings,
-            )
+        # Several times: each distinct frame is rendered and encoded on a helper thread while the next
+        # one decodes (both release the GIL), so a batch costs about its decode alone on two cores.
+        pipelined = len(resolved) > 1
+        renders: dict[int, Future[_Rendered]] = {}  # pts -> its image (sorted: only the latest is needed)
+        pending: deque[_Pending] = deque()  # decoded, waiting for their image, in time order
+        try:
+            for seconds, index, spec in resolved:
+                try:
+                    started = time.perf_counter()
+                    decoded = self._frame_for(seconds)
+                    decode_seconds = time.perf_counter() - started
+                except EngineError as exc:
+                    yield FrameFailure(index, spec, exc)
+                    continue
+                if decoded.pts not in renders:
+                    renders = {decoded.pts: self._start_render(decoded.frame, pipelined)}
+                pending.append(_Pending(index, spec, seconds, decoded, decode_seconds, renders[decoded.pts]))
+                while len(pending) > (_PIPELINE_DEPTH if pipelined else 0):
+                    yield self._finish(pending.popleft())
+            while pending:
+                yield self._finish(pending.popleft())
+        finally:
+            # Never leave a render running on a frame whose container may be closed next.
+            for item in pending:
+                with contextlib.suppress(Exception):
+                    item.render.result()
+
+    def _start_render(self, frame: av.VideoFrame, pipelined: bool) -> Future[_Rendered]:
+        if pipelined:
+            return _render_thread().submit(self._render, frame)
+        done: Future[_Rendered] = Future()
+        try:
+            done.set_result(self._render(frame))
+        except EngineError as exc:
+            done.set_exception(exc)
+        return done
+
+    def _finish(self, item: _Pending) -> FrameResult | FrameFailure:
+        try:
+            image, width, height, timings = item.render.result()
+        except EngineError as exc:
+            return FrameFailure(item.index, item.requested, exc)
+        timings = {"open": self._open_seconds, "decode": item.decode_seconds, **timings}
+        self._open_seconds = 0.0  # the open is paid once, by the first result
+        decoded = item.decoded
+        return FrameResult(
+            index=item.index,
+            requested=item.requested,
+            requested_time=item.seconds,
+            actual_time=decoded.pts * self._time_base - self._origin,
+            pts=decoded.pts,
+            time_base=self._time_base,
+            image=image,
+            content_type=CONTENT_TYPES[self.options.encode.format],
+            width=width,
+            height=height,
+            timings=timings,
+        )
 
     def _frame_for(self, seconds: Fraction) -> _Decoded:
         before, after = self.options.tolerance_before, self.options.tolerance_after
@@ -731,7 +786,7 @@ class ImageGenerator:
 
     # ------------------------------------------------------------------ rendering
 
-    def _render(self, frame: av.VideoFrame) -> tuple[bytes, int, int, dict[str, float]]:
+    def _render(self, frame: av.VideoFrame) -> _Rendered:
         from app.engine.encode import encode_frame
 
         try:
