@@ -56,7 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.settings = settings
     application.state.image_cache = ImageCache(settings.image_cache_bytes)
     application.state.in_flight = Coalescer()
-    application.dependency_overrides[get_settings] = lambda: settings  # every Depends(get_settings) sees these
     install_problem_handlers(application)
     jobs.install_job_problem_handlers(application)
     install_access_control(application, settings)

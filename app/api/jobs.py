@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import get_app_settings
 from app.api.problems import problem_response, problem_responses
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.errors import InvalidParameter
 from app.engine.fetch import check_url
@@ -63,12 +64,12 @@ class JobCreate(RenderParams):
         return self
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     runner: JobRunner = request.app.state.jobs
     return runner
 
 
-def get_owner(request: Request) -> str | None:
+async def get_owner(request: Request) -> str | None:
     """The caller that owns jobs (set by authentication, when there is any); None: no owner."""
     owner = getattr(request.state, "owner", None)
     return owner if isinstance(owner, str) else None
@@ -202,7 +203,7 @@ async def _create(
 async def create_job(
     body: JobCreate,
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(get_app_settings)],
     runner: Annotated[JobRunner, Depends(get_runner)],
     owner: Annotated[str | None, Depends(get_owner)],
     idempotency_key: Annotated[str | None, Header()] = None,
@@ -231,7 +232,7 @@ async def respond_async(request: Request, params: FrameParams, accept: str | Non
     settings: Settings = request.app.state.settings
     job, created = await _create(
         request,
-        get_runner(request),
+        await get_runner(request),
         settings,
         url=params.url,
         times=[params.t],
@@ -239,7 +240,7 @@ async def respond_async(request: Request, params: FrameParams, accept: str | Non
         image_format=params.format or negotiate_format(accept),
         callback_url=None,
         callback_include_image=False,
-        owner=get_owner(request),
+        owner=await get_owner(request),
         idempotency_key=request.headers.get("idempotency-key"),
     )
     return _accepted(job, created, {"Preference-Applied": "respond-async"})

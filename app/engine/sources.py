@@ -274,6 +274,11 @@ class HttpSource:
 # --------------------------------------------------------------------------------------------------
 
 
+def is_remote(url: str) -> bool:
+    """Whether resolving ``url`` goes to the network (DNS, the SSRF checks); local paths only stat."""
+    return _scheme_of(url) in _HTTP_SCHEMES
+
+
 def resolve_source(url: str, settings: Settings, *, resolver: Resolver | None = None) -> Source:
     """Turn the client's ``url`` parameter into a :class:`Source`, applying every access rule.
 

@@ -1,8 +1,9 @@
 """Runs jobs on the decoder pool: resume after a restart, cancel, drain on SIGTERM, expire results.
 
 A job runs as ``grab_many`` tasks over its pending times, in time order and a chunk at a time (so
-interactive requests get a turn between chunks): the pool decodes a chunk in one forward pass per
-GOP, duplicates once, and hands each result over as soon as it exists; the runner stores it (image
+interactive requests get a turn between chunks); a long job in one lane per decoder worker, each over
+a contiguous span of its times. The pool decodes a chunk in one forward pass per GOP, duplicates once,
+and hands each result over as soon as it exists; the runner stores it (image
 file, then row + event + webhook delivery in one transaction) and wakes SSE listeners.
 Only pending times are ever asked for, so a job resumed after a crash redoes just what is missing
 and records every time exactly once. A decoder that dies or times out mid-job costs a retry of the
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from app.config import Settings
 from app.engine.errors import EngineError
 from app.engine.generator import FrameFailure, FrameResult
+from app.engine.options import GrabOptions
 from app.engine.timeparse import parse_time
 from app.jobs.model import Job, JobError, JobEvent, JobSpec, JobStatus, ResultRecord
 from app.jobs.store import JobStore
@@ -37,6 +39,7 @@ log = logging.getLogger("stillframe.jobs")
 _RETRIES_AFTER_WORKER_LOSS = 3  # decode_failed / decode_timeout of a whole task: retry what is left
 _QUEUE_FULL_PAUSE = 0.5
 _CHUNK = 50  # times per pool task
+_MIN_LANE_TIMES = 20  # fewer times than this per lane are not worth a second worker opening the asset
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/avif": "avif"}
 
 
@@ -260,17 +263,41 @@ class JobRunner:
         if job is None or job.terminal or not await self.store.mark_running(job_id):
             return
         options = RenderParams(**job.params).grab_options()
+        # A long job is cut into contiguous spans of its times, one lane per decoder worker, decoded side
+        # by side: each lane is one forward pass over its span, so the cores share the decode instead of
+        # one doing it all (the span boundary costs at most one GOP decoded twice).
+        pending = sorted(await self.store.pending_indices(job_id), key=lambda i: _time_order(job.times[i]))
+        lanes = max(1, min(self.settings.workers, len(pending) // _MIN_LANE_TIMES))
+        size = -(-len(pending) // lanes)
+        spans = [pending[start : start + size] for start in range(0, len(pending), size)]
+        errors = await asyncio.gather(
+            *(self._run_lane(job, options, lane, set(span)) for lane, span in enumerate(spans))
+        )
+        whole_error = next((error for error in errors if error is not None), None)
+        status: JobStatus = "completed"
+        error = None
+        if whole_error is not None:
+            error = problem_of(whole_error)
+            await self._fail_pending(job_id, error)
+            current = await self.store.get(job_id)
+            if current is not None and not current.counts.get("succeeded"):
+                status = "failed"
+        event = await self.store.finish(job_id, status, error if status == "failed" else None)
+        if event is not None:
+            self._published(job_id, [event])
+
+    async def _run_lane(self, job: Job, options: GrabOptions, lane: int, mine: set[int]) -> EngineError | None:
+        """The job's times in ``mine``, a chunk at a time; the error that ended the lane early, if any."""
         losses = 0
-        whole_error: EngineError | None = None
         while True:
-            pending = await self.store.pending_indices(job_id)
+            pending = [i for i in await self.store.pending_indices(job.id) if i in mine]
             if not pending:
-                break
+                return None
             # In time order, a chunk at a time: each chunk is one forward pass on a worker that keeps
             # the asset open, and interactive /v1/frame requests get a turn between chunks.
             chunk = sorted(pending, key=lambda i: _time_order(job.times[i]))[: self.chunk_size]
             answered = 0
-            task = GrabTask(job.url, tuple(job.times[i] for i in chunk), options)
+            task = GrabTask(job.url, tuple(job.times[i] for i in chunk), options, lane=lane)
             try:
                 items = self.pool.grab_many(task)
                 try:
@@ -285,26 +312,13 @@ class JobRunner:
                     continue
                 if exc.code in ("decode_failed", "decode_timeout") and losses < _RETRIES_AFTER_WORKER_LOSS:
                     losses += 1
-                    log.warning("job %s: %s; retrying the remaining times", job_id, exc.code)
+                    log.warning("job %s: %s; retrying the remaining times", job.id, exc.code)
                     continue
-                whole_error = exc
-                break
+                return exc
             if answered < len(chunk):
                 losses += 1  # the task ended with times unanswered: ask again, a few times at most
                 if losses > _RETRIES_AFTER_WORKER_LOSS:
-                    whole_error = EngineError("decode_failed", "the decoder produced no result for some times")
-                    break
-        status: JobStatus = "completed"
-        error = None
-        if whole_error is not None:
-            error = problem_of(whole_error)
-            await self._fail_pending(job_id, error)
-            current = await self.store.get(job_id)
-            if current is not None and not current.counts.get("succeeded"):
-                status = "failed"
-        event = await self.store.finish(job_id, status, error if status == "failed" else None)
-        if event is not None:
-            self._published(job_id, [event])
+                    return EngineError("decode_failed", "the decoder produced no result for some times")
 
     async def _fail_pending(self, job_id: str, problem: dict[str, Any]) -> None:
         job = await self.store.get(job_id)

@@ -21,6 +21,13 @@ class GrabTask:
     url: str
     times: tuple[str, ...]
     options: GrabOptions = field(default_factory=GrabOptions)
+    # Which span of a job this is: lanes other than 0 keep worker affinity of their own, so the spans
+    # of one job decode on different workers side by side.
+    lane: int = 0
+
+    @property
+    def affinity(self) -> str:
+        return self.url if self.lane == 0 else f"{self.url}\x00lane{self.lane}"
 
 
 class DecoderPool(Protocol):

@@ -144,7 +144,7 @@ class ProcessDecoderPool:
         entry = _Task(next(self._ids), task, last_progress=time.monotonic())
         self._in_flight += 1
         self.submitted += 1
-        worker = self._choose(task.url)
+        worker = self._choose(task.affinity)
         worker.backlog.append(entry)
         self._pump(worker)
         try:
@@ -160,14 +160,14 @@ class ProcessDecoderPool:
             self._in_flight -= 1
             self._cancel(entry)
 
-    def _choose(self, url: str) -> _Worker:
-        preferred = self._affinity.get(url)
+    def _choose(self, affinity: str) -> _Worker:
+        preferred = self._affinity.get(affinity)
         if preferred is not None:
             worker = self._workers[preferred]
             if len(worker.backlog) < _AFFINITY_MAX_BACKLOG:
                 return worker
         worker = min(self._workers, key=lambda w: (w.load, not w.ready))
-        self._affinity[url] = worker.slot
+        self._affinity[affinity] = worker.slot
         if len(self._affinity) > 10_000:  # bounded: forget the oldest claims
             for key in list(self._affinity)[:5_000]:
                 del self._affinity[key]
