@@ -183,3 +183,17 @@ def test_hdr_to_sdr_takes_the_tone_mapping_path() -> None:
     layout, region = plan_frame(frame, RenderOptions())
     assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
     assert yuvjpeg.can_encode(frame, layout, region, "native")
+
+
+def test_scratch_buffers_give_the_same_planes() -> None:
+    """Reused buffers (what a decoder worker does per thread) change nothing, whatever the size."""
+    rng = np.random.default_rng(7)
+    scratch = yuvjpeg.Scratch()
+    for height, width in ((64, 96), (64, 96), (32, 48), (66, 98)):
+        y = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        u = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
+        v = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
+        fresh = yuvjpeg.jfif_planes(y, u, v, 1, False)
+        reused = yuvjpeg.jfif_planes(y, u, v, 1, False, scratch=scratch)
+        assert all(np.array_equal(a, b) for a, b in zip(fresh, reused, strict=True))
+        assert all(p.shape == e for p, e in zip(reused, (y.shape, u.shape, v.shape), strict=True))

@@ -22,6 +22,7 @@ HDR to SDR, other formats) takes the RGB path.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import av
@@ -59,23 +60,24 @@ def _yuv_matrix(kr: float, kb: float) -> np.ndarray:
     )
 
 
-_SHIFT = 12  # fixed-point fraction bits of the chroma coefficients
-_LUMA_SHIFT = 9  # ... and of the luma gain, so that 8-bit luma times it fits in int16
+_SHIFT = 12  # fixed-point fraction bits of the chroma coefficients (int32 sums at chroma resolution)
+_LUMA_SHIFT = 7  # ... of the luma sum, so that it fits uint16 (one pass per step over the big plane)
+_BIAS = 96  # codes added to the luma sum so that it never goes below 0 (see _conversion)
 
 
 @dataclass(frozen=True)
 class _Conversion:
     """Source YUV (one matrix and range) -> JFIF YCbCr, as fixed-point integer coefficients.
 
-    With u, v = chroma codes - 128 and y = luma code - ``luma_offset``:
-    Yj = y + y * luma_gain + (u * corr_u + v * corr_v), Cb = 128 + u * cb_u + v * cb_v, Cr likewise.
+    With u, v = chroma codes - 128, coefficients in units of 1/2^_SHIFT: Cb = 128 + u * cb_u + v * cb_v
+    (Cr likewise); Yj = Y * luma_gain / 2^_LUMA_SHIFT + offset, where the offset of each chroma sample's
+    2x2 block is ``u * corr_u + v * corr_v + luma_offset`` (``_BIAS`` codes included).
     """
 
     identity: bool  # already JFIF (BT.601, full range): the planes go out as they are
+    luma_gain: int  # in 1/2^_LUMA_SHIFT
     luma_offset: int
-    luma_gain: int  # (scale - 1), in 1/2^_LUMA_SHIFT
-    corrected: bool  # whether the luma needs the chroma correction
-    corr_u: int  # in 1/2^_SHIFT
+    corr_u: int
     corr_v: int
     cb_u: int
     cb_v: int
@@ -89,77 +91,119 @@ def _conversion(colorspace: int, full_range: bool) -> _Conversion:
     a = _yuv_matrix(*_JPEG_KR_KB) @ np.linalg.inv(_yuv_matrix(kr, kb))
     # Codes -> JFIF's scale (255 * Y, 255 * Pb): limited range stretches luma 219 -> 255, chroma 224 -> 255.
     chroma_scale = 1.0 if full_range else 255.0 / 224.0
+    luma_scale, black = (1.0, 0) if full_range else (255.0 / 219.0, 16)
 
     def fixed(coefficient: float) -> int:
         return round(coefficient * chroma_scale * (1 << _SHIFT))
 
-    corr_u, corr_v = fixed(a[0, 1]), fixed(a[0, 2])
-    return _Conversion(
+    conv = _Conversion(
         identity=full_range and (kr, kb) == _JPEG_KR_KB,
-        luma_offset=0 if full_range else 16,
-        luma_gain=0 if full_range else round((255.0 / 219.0 - 1.0) * (1 << _LUMA_SHIFT)),
-        corrected=corr_u != 0 or corr_v != 0,
-        corr_u=corr_u,
-        corr_v=corr_v,
+        luma_gain=round(luma_scale * (1 << _LUMA_SHIFT)),
+        luma_offset=round((_BIAS + 0.5 - black * luma_scale) * (1 << _SHIFT)),  # + 1/2: rounded when shifted
+        corr_u=fixed(a[0, 1]),
+        corr_v=fixed(a[0, 2]),
         cb_u=fixed(a[1, 1]),
         cb_v=fixed(a[1, 2]),
         cr_u=fixed(a[2, 1]),
         cr_v=fixed(a[2, 2]),
     )
+    # The luma sum in 1/2^_LUMA_SHIFT must stay within uint16 and never go below 0.
+    correction = 128 * (abs(conv.corr_u) + abs(conv.corr_v))
+    assert conv.luma_offset - correction >= 0
+    assert (255 * conv.luma_gain) + ((conv.luma_offset + correction) >> (_SHIFT - _LUMA_SHIFT)) + 1 < 2**16
+    return conv
 
 
-def _mix(u: np.ndarray, v: np.ndarray, ku: int, kv: int, offset: int) -> np.ndarray:
-    """offset + (u * ku + v * kv) / 2^_SHIFT, rounded (int32)."""
-    out = u * ku
-    out += v * kv
-    out += (offset << _SHIFT) + (1 << (_SHIFT - 1))
-    out >>= _SHIFT
+class Scratch:
+    """Arrays reused from one frame to the next (by name; remade when the size changes). Fresh arrays
+    of frame size cost page faults on every grab, ~3 ms at 1080p: as much as the arithmetic."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+        array = self._arrays.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self._arrays[name] = np.empty(shape, dtype)
+        return array
+
+
+_THREAD = threading.local()
+
+
+def _thread_scratch() -> Scratch:
+    scratch: Scratch | None = getattr(_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _THREAD.scratch = Scratch()
+    return scratch
+
+
+def _mix(scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int, offset: int) -> np.ndarray:
+    """offset + u * ku + v * kv (int32)."""
+    out = scratch.get(name, u.shape, np.int32)
+    np.multiply(u, ku, out=out)
+    term = scratch.get("term", u.shape, np.int32)
+    np.multiply(v, kv, out=term)
+    out += term
+    out += offset
     return out
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    np.clip(values, 0, 255, out=values)
-    return values.astype(np.uint8)
+def _chroma(scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int) -> np.ndarray:
+    total = _mix(scratch, "sum", u, v, ku, kv, (128 << _SHIFT) + (1 << (_SHIFT - 1)))  # + 1/2: rounded
+    total >>= _SHIFT
+    np.clip(total, 0, 255, out=total)
+    out = scratch.get(name, u.shape, np.uint8)
+    np.copyto(out, total, casting="unsafe")
+    return out
 
 
 def jfif_planes(
-    y: np.ndarray, u: np.ndarray, v: np.ndarray, colorspace: int, full_range: bool
+    y: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    colorspace: int,
+    full_range: bool,
+    *,
+    scratch: Scratch | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """4:2:0 planes in the source's matrix and range -> JFIF (BT.601 full range) 4:2:0 planes.
 
-    Integer arithmetic on whole planes: numpy's look-up tables (fancy indexing) cost ~4 ms on a
-    1080p plane, these passes a tenth of that each.
+    Integer arithmetic on whole planes, as few passes over the luma as it takes (numpy's look-up
+    tables, fancy indexing, cost ~4 ms on a 1080p plane; each pass here a tenth of that). With
+    ``scratch``, every array (the planes returned included) is one of its buffers.
     """
     conv = _conversion(colorspace, full_range)
     if conv.identity:
         return y, u, v
-    cu = u.astype(np.int32)
-    cu -= 128
-    cv = v.astype(np.int32)
-    cv -= 128
-    cb = _to_uint8(_mix(cu, cv, conv.cb_u, conv.cb_v, 128))
-    cr = _to_uint8(_mix(cu, cv, conv.cr_u, conv.cr_v, 128))
-    luma = y.astype(np.int16)
-    if conv.luma_offset:
-        luma -= conv.luma_offset
-    if conv.luma_gain:
-        gain = luma * np.int16(conv.luma_gain)
-        gain += 1 << (_LUMA_SHIFT - 1)
-        gain >>= _LUMA_SHIFT
-        luma += gain
-    if conv.corrected:
-        # Each chroma sample's correction onto its 2x2 block of luma: widened to full width once,
-        # then added to even and odd rows (odd sizes: the last column/row has no partner).
-        correction = _mix(cu, cv, conv.corr_u, conv.corr_v, 0).astype(np.int16)
-        rows, cols = correction.shape
-        wide = np.empty((rows, cols, 2), np.int16)
-        wide[:, :, 0] = correction
-        wide[:, :, 1] = correction
-        height, width = luma.shape
-        wide_rows = wide.reshape(rows, 2 * cols)[:, :width]
-        luma[0::2] += wide_rows[: (height + 1) // 2]
-        luma[1::2] += wide_rows[: height // 2]
-    return _to_uint8(luma), cb, cr
+    scratch = scratch or Scratch()
+    cu = scratch.get("u", u.shape, np.int32)
+    np.subtract(u, 128, out=cu, dtype=np.int32)
+    cv = scratch.get("v", v.shape, np.int32)
+    np.subtract(v, 128, out=cv, dtype=np.int32)
+    cb = _chroma(scratch, "cb", cu, cv, conv.cb_u, conv.cb_v)
+    cr = _chroma(scratch, "cr", cu, cv, conv.cr_u, conv.cr_v)
+    # Luma: Y * gain plus, per 2x2 block, the chroma's correction and the range offset (one sum per
+    # chroma sample, widened to full width once, then added to even and odd rows; an odd size's last
+    # column/row has no partner). Kept positive by _BIAS, so uint16 holds it.
+    offset = _mix(scratch, "sum", cu, cv, conv.corr_u, conv.corr_v, conv.luma_offset)
+    offset >>= _SHIFT - _LUMA_SHIFT
+    rows, cols = offset.shape
+    wide = scratch.get("wide", (rows, cols, 2), np.uint16)
+    wide[:, :, 0] = offset
+    wide[:, :, 1] = offset
+    luma = scratch.get("luma", y.shape, np.uint16)
+    np.multiply(y, np.uint16(conv.luma_gain), out=luma, dtype=np.uint16)
+    height, width = luma.shape
+    wide_rows = wide.reshape(rows, 2 * cols)[:, :width]
+    luma[0::2] += wide_rows[: (height + 1) // 2]
+    luma[1::2] += wide_rows[: height // 2]
+    np.clip(luma, _BIAS << _LUMA_SHIFT, ((_BIAS + 256) << _LUMA_SHIFT) - 1, out=luma)
+    luma >>= _LUMA_SHIFT
+    luma -= _BIAS
+    out = scratch.get("y", y.shape, np.uint8)
+    np.copyto(out, luma, casting="unsafe")
+    return out, cb, cr
 
 
 _PLANE_TRANSPOSES = {
@@ -207,7 +251,8 @@ def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_ran
 
 def jfif_frame_planes(frame: av.VideoFrame, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). Another depth or
-    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_planes``."""
+    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_planes``.
+    The planes are this thread's scratch buffers (or the frame's own): encode them before the next call."""
     colorspace = int(colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height))
     full = colour.is_full_range(int(frame.color_range), frame.format.name)
     if frame.format.name not in _YUV420P:
@@ -221,7 +266,7 @@ def jfif_frame_planes(frame: av.VideoFrame, layout: Layout) -> tuple[np.ndarray,
             interpolation=SCALE_FLAGS,
             threads=1,
         )
-    y, u, v = jfif_planes(*_planes(frame), colorspace, full)
+    y, u, v = jfif_planes(*_planes(frame), colorspace, full, scratch=_thread_scratch())
     if layout.transpose is not None:
         turn = _PLANE_TRANSPOSES[layout.transpose]
         y, u, v = (np.ascontiguousarray(turn(plane)) for plane in (y, u, v))
