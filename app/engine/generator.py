@@ -18,6 +18,7 @@ How a frame is chosen (the time contract):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import io
@@ -509,10 +510,12 @@ class ImageGenerator:
             return False
         if self._synthetic_pts:
             return True
-        if not self._keyframes:
+        keyframes = self._keyframes
+        if not keyframes:
             return target - ahead.pts <= math.ceil(Fraction(1, 2) / self._time_base)
         # a keyframe between here and the target: seeking there is cheaper than decoding up to it
-        return not any(ahead.pts < k <= target for k in self._keyframes)
+        after = bisect.bisect_right(keyframes, ahead.pts)
+        return after == len(keyframes) or keyframes[after] > target
 
     # ------------------------------------------------------------------ tolerance
 
@@ -552,7 +555,14 @@ class ImageGenerator:
         if self._synthetic_pts:
             return []
         margin = Fraction(1, 2)  # index timestamps can be DTS: the decoded PTS is checked afterwards
-        keys: list[int | _Decoded] = [*self._keyframes] or [*self._probe_keyframes(seconds)]
+        keys: list[int | _Decoded]
+        if self._keyframes:
+            # The index is sorted: the 4 nearest to t are among the 4 on either side of it (a film has
+            # thousands of entries, too many to sort by Fraction distance on every grab).
+            at = bisect.bisect_left(self._keyframes, self._target_pts(seconds))
+            keys = [*self._keyframes[max(0, at - 4) : at + 4]]
+        else:
+            keys = [*self._probe_keyframes(seconds)]
 
         def time_of(key: int | _Decoded) -> Fraction:
             return self._time_of(key if isinstance(key, int) else key.pts)
@@ -598,8 +608,12 @@ class ImageGenerator:
             return timestamp
         # Index entries carry DTS while demuxers such as mov seek by PTS, so seeking to the entry
         # itself can land one GOP early: aim just before the next keyframe entry instead.
-        later = [k for k in self._keyframes if k > timestamp]
-        aim = later[0] - 1 if later else timestamp + math.ceil(Fraction(3600) / self._time_base)
+        after = bisect.bisect_right(self._keyframes, timestamp)
+        aim = (
+            self._keyframes[after] - 1
+            if after < len(self._keyframes)
+            else timestamp + math.ceil(Fraction(3600) / self._time_base)
+        )
         try:
             self._seek(aim, backward=True)
         except av.error.FFmpegError:
