@@ -134,6 +134,25 @@ def test_abandoning_a_batch_waits_for_its_renders(clip: Path) -> None:
         assert again.image_at("1").actual_time == 1
 
 
+@pytest.mark.parametrize("codec", ["h264", "hevc", "mpeg2"])
+def test_forward_scrubbing_on_one_generator_gets_every_frame(tmp_path: Path, codec: str) -> None:
+    """Grabs that go forward through GOPs on one open asset (exact times, times between frames,
+    repeats) continue one decode, stopping as soon as the answer is certain: each gives the frame on
+    screen, as a fresh open does. B-pyramids (3 B-frames) put the answer before or after the next
+    frame in decode order, so both the early stop and the decode on from it are exercised."""
+    path = make_clip(
+        tmp_path / f"pyramid.{'ts' if codec == 'mpeg2' else 'mp4'}", codec=codec, frames=60, gop=20, bframes=3
+    )
+    times = [t for n in range(60) for t in (Fraction(n, 25), Fraction(2 * n + 1, 50), Fraction(n, 25))]
+    with ImageGenerator(path, GrabOptions()) as warm:
+        got = [warm.image_at(t).actual_time for t in times]
+    assert got == [Fraction(int(t * 25), 25) for t in times]
+    with ImageGenerator(path, GrabOptions(encode=PNG)) as warm:
+        for t in times[::7]:
+            with ImageGenerator(path, GrabOptions(encode=PNG)) as fresh:
+                assert warm.image_at(t).image == fresh.image_at(t).image, t
+
+
 def test_same_frame_twice_on_one_generator_matches_a_fresh_one(clip: Path) -> None:
     """The open-asset path (continue decoding, seek back) gives the bytes a fresh open gives."""
     with ImageGenerator(clip, GrabOptions(encode=PNG)) as warm:

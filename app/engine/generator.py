@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import av
 import av.error
@@ -114,6 +114,10 @@ class _Decoded:
     frame: av.VideoFrame
     pts: int
 
+
+# Given out by the decoder before a packet that can only show after the target, once the frame on
+# screen at the target is out: the answer is certain without decoding on to the next frame.
+_ANSWER_KNOWN = _Decoded(cast(av.VideoFrame, None), -1)
 
 _Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
 _PIPELINE_DEPTH = 2  # decoded frames that may wait for the render thread (memory: a few frames)
@@ -225,6 +229,7 @@ class ImageGenerator:
         self._duration_cache: Fraction | None = None
         self._last_frame: _Decoded | None = None  # the stream's last frame, once seen
         self._first_frame_pts: int | None = None
+        self._pts_before_dts = False  # a packet shown before it is decoded: the early answer is off
         duration = self.duration
         if duration is not None and duration > self.limits.max_duration:
             raise EngineError("source_too_long", "the source's duration is over the limit")
@@ -447,8 +452,12 @@ class ImageGenerator:
             raise EngineError("no_image_at_time", "the requested time is past the end of the asset")
         return found
 
-    def _on_screen(self, target: int) -> _Decoded:
-        """The last frame with pts <= target (or the first frame, if target precedes it)."""
+    def _on_screen(self, target: int, *, need_next: bool = False) -> _Decoded:
+        """The last frame with pts <= target (or the first frame, if target precedes it).
+
+        Afterwards ``_lookahead`` is the frame continuing starts from: the next frame, or (when the
+        answer was certain before it: ``_ANSWER_KNOWN``) the answer itself; ``need_next`` asks for
+        the next frame in any case."""
         previous, ahead = self._previous, self._lookahead
         # Still the frame we answered last (ahead of it is the next one, or nothing at all)?
         if (
@@ -479,6 +488,11 @@ class ImageGenerator:
             first: _Decoded | None = None
             self._decode_target = target
             for decoded in frames:
+                if decoded is _ANSWER_KNOWN:
+                    if need_next or best is None:
+                        continue
+                    self._lookahead = best  # stop: going on later starts again from the answer
+                    break
                 if first is None:
                     first = decoded
                 if decoded.pts <= target:
@@ -534,7 +548,7 @@ class ImageGenerator:
                 return decoded
         # 2. Otherwise the frame on screen at t, or the first frame after it inside the window.
         clamped = max(seconds, Fraction(0))
-        on_screen = self._on_screen(self._target_pts(clamped))
+        on_screen = self._on_screen(self._target_pts(clamped), need_next=True)
         if inside(on_screen):
             return on_screen
         ahead = self._lookahead
@@ -722,8 +736,20 @@ class ImageGenerator:
         next_synthetic = 0
         errors = 0
         produced = 0
-        latest_wanted: int | None = None  # highest packet pts seen so far that is <= the target
+        decoded_pts: list[int] = []  # pts of the packets decoded so far, sorted
+        given_pts: set[int] = set()  # pts of the frames given out so far
         for packet in self._container.demux(stream):
+            if packet.pts is not None and packet.dts is not None and packet.pts < packet.dts:
+                self._pts_before_dts = True
+            # The latest picture decoded that is still <= the target (the target changes between the
+            # grabs that continue one decode). Only a picture that decoded may stand in for the ones
+            # before it: a corrupt one won't show.
+            latest_wanted = _at_most(decoded_pts, self._decode_target)
+            if latest_wanted in given_pts and self._after_target(packet):
+                # That picture is out, and nothing to come shows before the target: the answer is
+                # certain. The consumer may stop here; if it goes on, this packet is decoded next.
+                yield _ANSWER_KNOWN
+                latest_wanted = _at_most(decoded_pts, self._decode_target)
             codec.skip_frame = "NONREF" if self._skippable(packet, latest_wanted) else "DEFAULT"
             try:
                 frames = codec.decode(packet)
@@ -734,10 +760,8 @@ class ImageGenerator:
                 if errors > 1000 and produced == 0:
                     raise EngineError("decode_failed", "the video stream could not be decoded") from exc
                 continue
-            # Only a picture that decoded may stand in for the ones before it (a corrupt one won't show).
-            target = self._decode_target
-            if packet.pts is not None and target is not None and packet.pts <= target:
-                latest_wanted = packet.pts if latest_wanted is None else max(latest_wanted, packet.pts)
+            if packet.pts is not None:
+                bisect.insort(decoded_pts, packet.pts)
             for frame in frames:
                 if self._dts_clock:
                     # Frames flushed at the end carry no DTS: the clock runs on by their duration.
@@ -762,7 +786,22 @@ class ImageGenerator:
                 decoded = _Decoded(frame, int(pts))
                 if from_start and self._first_frame_pts is None:
                     self._first_frame_pts = decoded.pts
+                given_pts.add(decoded.pts)
                 yield decoded
+
+    def _after_target(self, packet: Any) -> bool:
+        """Whether this packet, and so every one after it, shows after the target: packets come in
+        decode order, and no packet is shown before it is decoded (pts >= dts; an asset where one was
+        gets no early answers). Then the latest picture decoded at or before the target is the answer."""
+        target = self._decode_target
+        return (
+            target is not None
+            and packet.dts is not None
+            and packet.dts > target
+            and not self._pts_before_dts
+            and not self._synthetic_pts
+            and not self._dts_clock
+        )
 
     def _skippable(self, packet: Any, latest_wanted: int | None) -> bool:
         """Whether the decoder may drop this packet's picture if nothing refers to it: only when a
@@ -886,6 +925,14 @@ class _PtsGuesser:
     def reset_sequence(self) -> None:
         """After a seek the previous timestamps are no reference (the fault counts stay)."""
         self.last_pts = self.last_dts = None
+
+
+def _at_most(ordered: list[int], limit: int | None) -> int | None:
+    """The largest value <= limit in a sorted list (None: none, or no limit)."""
+    if limit is None:
+        return None
+    at = bisect.bisect_right(ordered, limit)
+    return ordered[at - 1] if at else None
 
 
 def _is_attached_picture(stream: Any) -> bool:
