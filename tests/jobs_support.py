@@ -233,5 +233,15 @@ def server_env(media_root: Path, data_dir: Path, **extra: str) -> dict[str, str]
     }
 
 
+def module_server(media_root: Path, tmp_path_factory: Any, **env: str) -> Iterator[JobServer]:
+    """For a module's ``server`` fixture (``yield from``): a JobServer on a fresh data directory."""
+    data = tmp_path_factory.mktemp("jobs-data")
+    live = JobServer(server_env(media_root, data, **env), data / "server.log").start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
 def iter_files(root: Path) -> Iterator[Path]:
     return (p for p in root.rglob("*") if p.is_file())

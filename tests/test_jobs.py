@@ -12,7 +12,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.jobs_support import JobServer, iter_files, make_clip, read_sse, server_env, wait_for, wait_job
+from tests.jobs_support import (
+    JobServer,
+    iter_files,
+    make_clip,
+    module_server,
+    read_sse,
+    server_env,
+    wait_for,
+    wait_job,
+)
 
 TERMINAL_RESULT = {"succeeded", "failed", "cancelled"}
 
@@ -27,11 +36,7 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(media_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobServer]:
-    data = tmp_path_factory.mktemp("jobs-data")
-    live = JobServer(server_env(media_root, data, STILLFRAME_MAX_TIMES_PER_JOB="500"), data / "server.log")
-    live.start()
-    yield live
-    live.stop()
+    yield from module_server(media_root, tmp_path_factory, STILLFRAME_MAX_TIMES_PER_JOB="500")
 
 
 def post_job(server: JobServer, body: dict[str, object], **headers: str) -> httpx.Response:

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.engine.generator import FrameResult
 from app.pool.base import GrabTask
 from app.pool.process import ProcessDecoderPool
-from tests.jobs_support import JobServer, make_clip, server_env, wait_job
+from tests.jobs_support import JobServer, make_clip, module_server, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,7 @@ def test_lanes_of_one_job_go_to_different_workers(media_root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(media_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobServer]:
-    data = tmp_path_factory.mktemp("lanes-data")
-    live = JobServer(server_env(media_root, data, STILLFRAME_WORKERS="2"), data / "server.log")
-    live.start()
-    yield live
-    live.stop()
+    yield from module_server(media_root, tmp_path_factory, STILLFRAME_WORKERS="2")
 
 
 def test_a_long_job_in_lanes_gives_every_time_its_frame(server: JobServer) -> None:
