@@ -197,3 +197,29 @@ def test_scratch_buffers_give_the_same_planes() -> None:
         reused = yuvjpeg.jfif_planes(y, u, v, 1, False, scratch=scratch)
         assert all(np.array_equal(a, b) for a, b in zip(fresh, reused, strict=True))
         assert all(p.shape == e for p, e in zip(reused, (y.shape, u.shape, v.shape), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("pix_fmt", "eligible"),
+    [
+        ("yuv420p", True),
+        ("yuvj420p", True),
+        ("yuv422p", True),
+        ("yuv444p10le", True),
+        ("nv12", True),
+        ("p010le", True),
+        ("gray", False),
+        ("yuva420p", False),
+        ("gbrp", False),
+        ("rgb24", False),
+        ("xyz12le", False),
+        ("bayer_rggb8", False),
+        ("pal8", False),
+    ],
+)
+def test_which_pixel_formats_take_the_planes(pix_fmt: str, eligible: bool) -> None:
+    frame = av.VideoFrame(64, 48, pix_fmt)
+    layout, region = plan_frame(frame, RenderOptions())
+    assert yuvjpeg.can_encode(frame, layout, region, "sdr") is eligible
+    if eligible:
+        _decoded(_fast(frame, None, RenderOptions()))  # and they do convert

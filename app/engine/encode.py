@@ -64,10 +64,13 @@ def encode_frame(
     )
     if encode.format == "jpeg" and yuvjpeg.can_encode(frame, layout, region, render.dynamic_range):
         quality = _quality(encode) or DEFAULT_QUALITY["jpeg"]
-        planes = yuvjpeg.jfif_frame_planes(frame, layout)
-        rendered = time.perf_counter()
-        data = yuvjpeg.encode_planes(planes, quality)
-        return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
+        try:
+            planes = yuvjpeg.jfif_frame_planes(frame, layout)
+            rendered = time.perf_counter()
+            data = yuvjpeg.encode_planes(planes, quality)
+            return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
+        except (av.FFmpegError, ValueError):
+            pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage
     image = render_frame(
         frame, render, stream=stream, max_output_pixels=max_output_pixels, clean_aperture=clean_aperture
     )

@@ -46,6 +46,7 @@ _JPEG_KR_KB = (0.299, 0.114)  # JFIF: BT.601, full range
 
 # Planar YUV formats the planes can come from (other layouts go through swscale to yuv420p first).
 _YUV420P = ("yuv420p", "yuvj420p")
+_YUV_FAMILIES = ("yuv", "nv", "p0", "p2", "p4")  # yuv4xxp*, nv12/nv21/nv16..., p010/p016/p210/p410...
 
 
 def _yuv_matrix(kr: float, kb: float) -> np.ndarray:
@@ -131,7 +132,12 @@ class Scratch:
 _THREAD = threading.local()
 
 
-def _thread_scratch() -> Scratch:
+_SCRATCH_MAX_PIXELS = 3840 * 2160  # larger frames (rare) get buffers of their own, not kept (~45 MiB at 4K)
+
+
+def _thread_scratch(pixels: int) -> Scratch:
+    if pixels > _SCRATCH_MAX_PIXELS:
+        return Scratch()
     scratch: Scratch | None = getattr(_THREAD, "scratch", None)
     if scratch is None:
         scratch = _THREAD.scratch = Scratch()
@@ -241,10 +247,10 @@ def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_ran
         and layout.resize_to is None
         and layout.crop is None
         and layout.canvas is None
-        # YUV without alpha (swscale brings any layout or depth to yuv420p); not RGB, XYZ or a palette
+        # planar or semi-planar YUV without alpha (swscale brings any layout or depth to yuv420p)
+        and fmt.name.startswith(_YUV_FAMILIES)
         and not fmt.is_rgb
         and len(fmt.components) == 3
-        and not fmt.name.startswith("xyz")
         and not (dynamic_range == "sdr" and colour.hdr_transfer(int(frame.color_trc)) is not None)
     )
 
@@ -266,7 +272,7 @@ def jfif_frame_planes(frame: av.VideoFrame, layout: Layout) -> tuple[np.ndarray,
             interpolation=SCALE_FLAGS,
             threads=1,
         )
-    y, u, v = jfif_planes(*_planes(frame), colorspace, full, scratch=_thread_scratch())
+    y, u, v = jfif_planes(*_planes(frame), colorspace, full, scratch=_thread_scratch(frame.width * frame.height))
     if layout.transpose is not None:
         turn = _PLANE_TRANSPOSES[layout.transpose]
         y, u, v = (np.ascontiguousarray(turn(plane)) for plane in (y, u, v))
