@@ -18,7 +18,7 @@ from PIL import Image
 from app.engine import yuvjpeg
 from app.engine.errors import InvalidParameter
 from app.engine.options import CONTENT_TYPES, EncodeOptions, RenderOptions
-from app.engine.render import DEFAULT_MAX_OUTPUT_PIXELS, plan_frame, render_frame
+from app.engine.render import DEFAULT_MAX_OUTPUT_PIXELS, FrameMetadata, plan_frame, render_frame
 
 DEFAULT_QUALITY: dict[str, int] = {
     "jpeg": 85,  # libjpeg-turbo, 4:2:0: visually clean, ~3x smaller than q95
@@ -51,16 +51,24 @@ def encode_frame(
     stream: Any = None,
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     clean_aperture: Sequence[int] | None = None,
+    metadata: FrameMetadata | None = None,
 ) -> tuple[bytes, tuple[int, int], dict[str, float]]:
     """A decoded frame rendered per ``render`` and encoded per ``encode``: (data, (width, height),
     seconds spent in "render" and "encode").
 
     A JPEG is made straight from the frame's YUV planes where that gives the same picture (see
     ``yuvjpeg``: most requests, at a third of the cost); everything else goes through RGB.
+    ``metadata``: the stream's side data, read once per asset (see ``FrameMetadata``).
     """
     started = time.perf_counter()
+    metadata = metadata or FrameMetadata.of(frame)
     layout, region = plan_frame(
-        frame, render, stream=stream, max_output_pixels=max_output_pixels, clean_aperture=clean_aperture
+        frame,
+        render,
+        stream=stream,
+        max_output_pixels=max_output_pixels,
+        clean_aperture=clean_aperture,
+        metadata=metadata,
     )
     if encode.format == "jpeg" and yuvjpeg.can_encode(frame, layout, region, render.dynamic_range):
         quality = _quality(encode) or DEFAULT_QUALITY["jpeg"]
@@ -72,7 +80,12 @@ def encode_frame(
         except (av.FFmpegError, ValueError):
             pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage
     image = render_frame(
-        frame, render, stream=stream, max_output_pixels=max_output_pixels, clean_aperture=clean_aperture
+        frame,
+        render,
+        stream=stream,
+        max_output_pixels=max_output_pixels,
+        clean_aperture=clean_aperture,
+        metadata=metadata,
     )
     rendered = time.perf_counter()
     data = encode_image(image, encode)

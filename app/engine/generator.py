@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import av
 import av.error
@@ -39,6 +39,9 @@ from app.engine.errors import EngineError
 from app.engine.options import CONTENT_TYPES, GrabOptions, SourceLimits
 from app.engine.sources import Source
 from app.engine.timeparse import TimeSpec, parse_time
+
+if TYPE_CHECKING:
+    from app.engine.render import FrameMetadata
 
 # Demuxers we accept. Probing picks among these only, whatever the name or extension says.
 FORMAT_WHITELIST = "mov,matroska,mpegts,avi,flv,ivf,h264,hevc,mxf,hls,mpeg"
@@ -230,6 +233,7 @@ class ImageGenerator:
         self._last_frame: _Decoded | None = None  # the stream's last frame, once seen
         self._first_frame_pts: int | None = None
         self._pts_before_dts = False  # a packet shown before it is decoded: the early answer is off
+        self._metadata: FrameMetadata | None = None  # side data of the stream's frames, once one is rendered
         duration = self.duration
         if duration is not None and duration > self.limits.max_duration:
             raise EngineError("source_too_long", "the source's duration is over the limit")
@@ -841,14 +845,18 @@ class ImageGenerator:
 
     def _render(self, frame: av.VideoFrame) -> _Rendered:
         from app.engine.encode import encode_frame
+        from app.engine.render import FrameMetadata
 
         try:
+            if self._metadata is None:  # the stream's side data, read once (see FrameMetadata)
+                self._metadata = FrameMetadata.of(frame)
             data, (width, height), timings = encode_frame(
                 frame,
                 self.options.render,
                 self.options.encode,
                 stream=self._stream,
                 max_output_pixels=self.max_output_pixels,
+                metadata=self._metadata,
             )
         except EngineError:
             raise

@@ -69,6 +69,43 @@ _VALID = {
 # --- orientation ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FrameMetadata:
+    """What a frame's side data says about showing it: the display matrix (see ``display_matrix``)
+    and every entry's raw bytes by AVFrameSideDataType number (HDR mastering display, light level).
+
+    Read it once per asset and pass it to ``plan_frame`` / ``render_frame``: decoders attach the same
+    stream side data to every frame, and PyAV 18.1's side-data wrappers form a reference cycle with
+    the frame, which keeps the frame's buffers (MiBs) alive until the garbage collector's next full
+    pass: read per grab, a decoder worker grew by hundreds of MiB over a few thousand grabs.
+    """
+
+    matrix: tuple[int, ...] | None
+    side_data: dict[int, bytes]
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> FrameMetadata:
+        side_data: dict[int, bytes] = {}
+        listed = True
+        try:
+            entries: list[Any] = list(frame.side_data)  # SideData objects (PyAV's stub types them as keys)
+            for entry in entries:
+                try:
+                    side_data[int(entry.type.value)] = bytes(entry)
+                except Exception:
+                    continue
+        except Exception:
+            listed = False  # PyAV could not wrap an entry (see display_matrix)
+        raw = side_data.get(_AV_FRAME_DATA_DISPLAYMATRIX)
+        if raw is not None and len(raw) >= 36:
+            matrix: tuple[int, ...] | None = tuple(struct.unpack("=9i", raw[:36]))
+        elif listed:
+            matrix = None
+        else:
+            matrix = _matrix_from_rotation(frame)
+        return cls(matrix, side_data)
+
+
 def display_matrix(frame: av.VideoFrame, stream: Any = None) -> tuple[int, ...] | None:
     """The frame's 3x3 display matrix as 9 int32 (a, b, u, c, d, v, x, y, w; a-d, x, y in 16.16
     fixed point, u, v, w in 2.30), or None when it has none.
@@ -78,25 +115,13 @@ def display_matrix(frame: av.VideoFrame, stream: Any = None) -> tuple[int, ...] 
     accepted for callers that have one but PyAV 18.1 cannot read a stream's coded side data anyway.
     PyAV raises while wrapping side data types newer than its enum (MV-HEVC frames carry type 29):
     then only ``frame.rotation`` (read by PyAV straight from the raw side data) is left, which loses
-    any mirroring but keeps the rotation.
+    any mirroring but keeps the rotation. (Reads the side data: see ``FrameMetadata`` on its cost.)
     """
     del stream  # see docstring
-    entries: list[Any] | None
-    try:
-        entries = list(frame.side_data)  # SideData objects (PyAV's stub types them as keys)
-    except Exception:
-        entries = None
-    if entries is not None:
-        for entry in entries:
-            try:
-                if int(entry.type.value) != _AV_FRAME_DATA_DISPLAYMATRIX:
-                    continue
-                data = bytes(entry)
-            except Exception:
-                continue
-            if len(data) >= 36:
-                return tuple(struct.unpack("=9i", data[:36]))
-        return None
+    return FrameMetadata.of(frame).matrix
+
+
+def _matrix_from_rotation(frame: av.VideoFrame) -> tuple[int, ...] | None:
     try:
         ccw = int(frame.rotation)  # degrees counter-clockwise, FFmpeg's convention
     except Exception:
@@ -330,7 +355,9 @@ def parse_background(value: str) -> tuple[int, int, int]:
 # --- colour conversion ---------------------------------------------------------------------------
 
 
-def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, dynamic_range: str) -> Image.Image:
+def _to_rgb(
+    frame: av.VideoFrame, size: tuple[int, int] | None, dynamic_range: str, side_data: dict[int, bytes]
+) -> Image.Image:
     """swscale the frame to RGB (at ``size``, or its own size), tone-mapping HDR when asked to."""
     fmt = frame.format.name
     matrix = colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height)
@@ -355,7 +382,7 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None, dynamic_range: s
     except (av.FFmpegError, ValueError) as exc:
         raise EngineError("unsupported_media", f"cannot convert {fmt} pixels to RGB: {exc}") from exc
     if transfer is not None:
-        peak = colour.hdr_peak_nits(colour.side_data_bytes(frame), transfer)
+        peak = colour.hdr_peak_nits(side_data, transfer)
         array = colour.tone_map_to_sdr(
             array, transfer=transfer, color_primaries=int(frame.color_primaries), peak_nits=peak
         )
@@ -379,22 +406,30 @@ def render_frame(
     stream: Any = None,
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     clean_aperture: Sequence[int] | None = None,
+    metadata: FrameMetadata | None = None,
 ) -> Image.Image:
     """The frame as an RGB picture, oriented, with square pixels, sized and tone-mapped per ``options``.
 
     ``stream`` (the frame's ``av.VideoStream``) supplies the pixel aspect ratio; its container must
     still be open (PyAV reads through it, and crashes the process on a closed one). ``clean_aperture`` is
     the container's clean aperture as (top, bottom, left, right) pixels to remove, the layout of
-    AV_PKT_DATA_FRAME_CROPPING; it is used with ``aperture="clean"`` only. Raises ``EngineError``
-    ``invalid_parameter`` for bad options or an output over ``max_output_pixels``.
+    AV_PKT_DATA_FRAME_CROPPING; it is used with ``aperture="clean"`` only. ``metadata``: the stream's
+    side data, read once (default: from this frame). Raises ``EngineError`` ``invalid_parameter`` for
+    bad options or an output over ``max_output_pixels``.
     """
+    metadata = metadata or FrameMetadata.of(frame)
     layout, region = plan_frame(
-        frame, options, stream=stream, max_output_pixels=max_output_pixels, clean_aperture=clean_aperture
+        frame,
+        options,
+        stream=stream,
+        max_output_pixels=max_output_pixels,
+        clean_aperture=clean_aperture,
+        metadata=metadata,
     )
     if region is None:
-        image = _to_rgb(frame, layout.scale_to, options.dynamic_range)
+        image = _to_rgb(frame, layout.scale_to, options.dynamic_range, metadata.side_data)
     else:
-        image = _to_rgb(frame, None, options.dynamic_range).crop(region)
+        image = _to_rgb(frame, None, options.dynamic_range, metadata.side_data).crop(region)
         if image.size != layout.scale_to:
             image = image.resize(layout.scale_to, _RESAMPLE)
     if layout.transpose is not None:
@@ -417,9 +452,11 @@ def plan_frame(
     stream: Any = None,
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     clean_aperture: Sequence[int] | None = None,
+    metadata: FrameMetadata | None = None,
 ) -> tuple[Layout, tuple[int, int, int, int] | None]:
     """Check ``options`` and plan the frame's geometry: the layout, and the clean-aperture region
-    (left, top, right, bottom) of the stored picture to cut out first, or None for all of it."""
+    (left, top, right, bottom) of the stored picture to cut out first, or None for all of it.
+    ``metadata`` as for ``render_frame``."""
     for name, allowed in _VALID.items():
         value = getattr(options, name)
         if value not in allowed:
@@ -428,7 +465,8 @@ def plan_frame(
 
     rotation, mirrored = (0, False)
     if options.rotate == "auto":
-        rotation, mirrored = orientation_from_matrix(display_matrix(frame, stream))
+        matrix = metadata.matrix if metadata is not None else display_matrix(frame, stream)
+        rotation, mirrored = orientation_from_matrix(matrix)
     sar = Fraction(1) if options.aperture == "encoded" else sample_aspect_ratio(frame, stream)
     region = None
     if options.aperture == "clean" and clean_aperture is not None:
