@@ -86,6 +86,7 @@ def encode_frame(
         max_output_pixels=max_output_pixels,
         clean_aperture=clean_aperture,
         metadata=metadata,
+        plan=(layout, region),
     )
     rendered = time.perf_counter()
     data = encode_image(image, encode)

@@ -407,6 +407,7 @@ def render_frame(
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     clean_aperture: Sequence[int] | None = None,
     metadata: FrameMetadata | None = None,
+    plan: tuple[Layout, tuple[int, int, int, int] | None] | None = None,
 ) -> Image.Image:
     """The frame as an RGB picture, oriented, with square pixels, sized and tone-mapped per ``options``.
 
@@ -414,11 +415,12 @@ def render_frame(
     still be open (PyAV reads through it, and crashes the process on a closed one). ``clean_aperture`` is
     the container's clean aperture as (top, bottom, left, right) pixels to remove, the layout of
     AV_PKT_DATA_FRAME_CROPPING; it is used with ``aperture="clean"`` only. ``metadata``: the stream's
-    side data, read once (default: from this frame). Raises ``EngineError`` ``invalid_parameter`` for
-    bad options or an output over ``max_output_pixels``.
+    side data, read once (default: from this frame); ``plan``: what ``plan_frame`` gave for the same
+    arguments, if the caller has it already. Raises ``EngineError`` ``invalid_parameter`` for bad
+    options or an output over ``max_output_pixels``.
     """
     metadata = metadata or FrameMetadata.of(frame)
-    layout, region = plan_frame(
+    layout, region = plan or plan_frame(
         frame,
         options,
         stream=stream,

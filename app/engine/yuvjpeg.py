@@ -233,7 +233,7 @@ def _planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_range: str) -> bool:
-    """Whether ``encode_jpeg`` gives this frame and layout the picture the RGB path would."""
+    """Whether ``jfif_frame_planes`` gives this frame and layout the picture the RGB path would."""
     fmt = frame.format
     return (
         # Same size only: scaled 4:2:0 planes clip out-of-gamut colours after averaging, where the RGB path
