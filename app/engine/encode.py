@@ -79,15 +79,7 @@ def encode_frame(
             return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
         except (av.FFmpegError, ValueError):
             pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage
-    image = render_frame(
-        frame,
-        render,
-        stream=stream,
-        max_output_pixels=max_output_pixels,
-        clean_aperture=clean_aperture,
-        metadata=metadata,
-        plan=(layout, region),
-    )
+    image = render_frame(frame, render, metadata=metadata, plan=(layout, region))
     rendered = time.perf_counter()
     data = encode_image(image, encode)
     return data, image.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
