@@ -13,6 +13,9 @@ import pytest
 
 from app.config import Settings
 from app.engine.generator import FrameResult
+from app.jobs.model import JobSpec
+from app.jobs.runner import JobRunner
+from app.jobs.store import SqliteJobStore
 from app.pool.base import GrabTask
 from app.pool.process import ProcessDecoderPool
 from tests.jobs_support import JobServer, make_clip, module_server, wait_job
@@ -44,6 +47,39 @@ def test_lanes_of_one_job_go_to_different_workers(media_root: Path) -> None:
                     assert isinstance(item, FrameResult)
         finally:
             await pool.stop()
+
+    asyncio.run(run())
+
+
+def test_the_runner_cuts_a_long_job_into_a_lane_per_worker(media_root: Path, tmp_path: Path) -> None:
+    """A 60-time job on 2 workers runs as 2 lanes (a second affinity claim exists), a 10-time one as 1."""
+
+    async def run() -> None:
+        settings = Settings(media_root=media_root, workers=2, data_dir=tmp_path)
+        pool = ProcessDecoderPool(settings)
+        await pool.start()
+        store = SqliteJobStore(settings.data_dir, settings.result_ttl)
+        runner = JobRunner(settings, store, pool)
+        await runner.start()
+        try:
+            lane_1 = GrabTask("clip.mp4", (), lane=1).affinity
+            for count, lanes in ((10, 1), (60, 2)):
+                pool._affinity.clear()
+                times = tuple(f"{n}/25" for n in range(count))
+                spec = JobSpec(url="clip.mp4", times=times, params={"format": "jpeg"}, base_url="http://t")
+                job, _ = await runner.submit(spec)
+                for _ in range(1200):
+                    current = await store.get(job.id)
+                    if current is not None and current.terminal:
+                        break
+                    await asyncio.sleep(0.05)
+                assert current is not None and current.status == "completed"
+                assert current.counts.get("succeeded") == count
+                assert (lane_1 in pool._affinity) == (lanes == 2)
+        finally:
+            await runner.stop()
+            await pool.stop()
+            store.close()
 
     asyncio.run(run())
 

@@ -85,25 +85,12 @@ class FrameMetadata:
 
     @classmethod
     def of(cls, frame: av.VideoFrame) -> FrameMetadata:
-        side_data: dict[int, bytes] = {}
-        listed = True
-        try:
-            entries: list[Any] = list(frame.side_data)  # SideData objects (PyAV's stub types them as keys)
-            for entry in entries:
-                try:
-                    side_data[int(entry.type.value)] = bytes(entry)
-                except Exception:
-                    continue
-        except Exception:
-            listed = False  # PyAV could not wrap an entry (see display_matrix)
+        side_data = colour.side_data_bytes(frame)
         raw = side_data.get(_AV_FRAME_DATA_DISPLAYMATRIX)
         if raw is not None and len(raw) >= 36:
-            matrix: tuple[int, ...] | None = tuple(struct.unpack("=9i", raw[:36]))
-        elif listed:
-            matrix = None
-        else:
-            matrix = _matrix_from_rotation(frame)
-        return cls(matrix, side_data)
+            return cls(tuple(struct.unpack("=9i", raw[:36])), side_data)
+        # None, or PyAV could not wrap the entries (see display_matrix): the rotation is still there
+        return cls(_matrix_from_rotation(frame), side_data)
 
 
 def display_matrix(frame: av.VideoFrame, stream: Any = None) -> tuple[int, ...] | None:

@@ -3,8 +3,8 @@
 A job runs as ``grab_many`` tasks over its pending times, in time order and a chunk at a time (so
 interactive requests get a turn between chunks); a long job in one lane per decoder worker, each over
 a contiguous span of its times. The pool decodes a chunk in one forward pass per GOP, duplicates once,
-and hands each result over as soon as it exists; the runner stores it (image
-file, then row + event + webhook delivery in one transaction) and wakes SSE listeners.
+and hands each result over as soon as it exists; the runner stores it (image file, then row + event +
+webhook delivery in one transaction) and wakes SSE listeners.
 Only pending times are ever asked for, so a job resumed after a crash redoes just what is missing
 and records every time exactly once. A decoder that dies or times out mid-job costs a retry of the
 remaining times (a few at most); a source that cannot be used fails the remaining times.
