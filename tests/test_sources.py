@@ -202,7 +202,9 @@ def test_other_schemes_are_forbidden(media: Path, url: str) -> None:
     assert "scheme" in err.detail
 
 
-@pytest.mark.parametrize("url", ["", "clips/a.mp4\x00.txt", "clips/\na.mp4", "file:clips/a.mp4%00", "file:"])
+@pytest.mark.parametrize(
+    "url", ["", "clips/a.mp4\x00.txt", "clips/\na.mp4", "file:clips/a.mp4%00", "file:", "file://[", "file://[::1/a"]
+)
 def test_malformed_local_sources(media: Path, url: str) -> None:
     expect_error("invalid_parameter", resolve_source, url, local_settings(media))
 
@@ -210,6 +212,8 @@ def test_malformed_local_sources(media: Path, url: str) -> None:
 def test_local_related_resources(media: Path, tmp_path: Path) -> None:
     settings = local_settings(media)
     playlist = resolve_source("clips/list.m3u8", settings)
+    for malformed in ("//[x/seg.ts", "file://[/seg.ts"):
+        expect_error("invalid_parameter", playlist.related_source, malformed)
     with playlist.open_related("seg0.ts") as f:
         assert f.read() == b"T" * 188
     with playlist.open_related("../other/c.ts") as f:

@@ -154,14 +154,25 @@ class LocalSource:
         if scheme is not None and scheme != "file":
             raise _refuse_scheme(scheme)
         base = "file://" + quote(os.fsencode(self.path), safe="/")
-        return _local_from_file_url(urljoin(base, url), self.settings, resolver=self._resolver)
+        return _local_from_file_url(_join(base, url), self.settings, resolver=self._resolver)
 
     def open_related(self, url: str) -> BinaryIO:
         return self.related_source(url).open()
 
 
+def _join(base: str, url: str) -> str:
+    """``url`` (from a playlist) resolved against ``base``; a malformed one is the client's error."""
+    try:
+        return urljoin(base, url)
+    except ValueError as exc:  # e.g. "//[x/a.ts": an unclosed IPv6 host
+        raise EngineError("invalid_parameter", "malformed URL in the source") from exc
+
+
 def _local_from_file_url(url: str, settings: Settings, *, resolver: Resolver | None = None) -> LocalSource:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "file://[": an unclosed IPv6 host
+        raise EngineError("invalid_parameter", "malformed file: URL") from exc
     if parts.netloc not in ("", "localhost"):
         raise EngineError("source_forbidden", "file: URLs naming a host are not allowed")
     if parts.query:
@@ -256,7 +267,7 @@ class HttpSource:
         scheme = _scheme_of(url)
         if scheme is not None and scheme not in _HTTP_SCHEMES:
             raise _refuse_scheme(scheme)
-        return HttpSource(urljoin(self.final_url or self.url, url), self.settings, resolver=self._resolver)
+        return HttpSource(_join(self.final_url or self.url, url), self.settings, resolver=self._resolver)
 
     def open_related(self, url: str) -> BinaryIO:
         return self.related_source(url).open()
