@@ -199,6 +199,29 @@ def test_scratch_buffers_give_the_same_planes() -> None:
         assert all(p.shape == e for p, e in zip(reused, (y.shape, u.shape, v.shape), strict=True))
 
 
+@pytest.mark.parametrize("bands", [2, 3, 4])
+@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (720, 1280), (514, 98)])
+def test_conversion_in_bands_gives_the_same_planes(bands: int, height: int, width: int) -> None:
+    """Rows cut into bands converted on helper threads: the same planes as one pass, bit for bit."""
+    rng = np.random.default_rng(height + bands)
+    y = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    u = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
+    v = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
+    for colorspace, full in ((1, False), (5, True)):  # BT.709 limited, BT.601 full range
+        whole = [p.copy() for p in yuvjpeg.jfif_planes(y, u, v, colorspace, full)]
+        banded = yuvjpeg._jfif_planes_in_bands(y, u, v, colorspace, full, bands)
+        assert all(np.array_equal(a, b) for a, b in zip(whole, banded, strict=True))
+
+
+def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
+    with av.open(str(clips["plain"])) as container:
+        frame = next(container.decode(video=0))
+    big = frame.reformat(width=1280, height=720, format="yuv420p")  # big enough to be cut into bands
+    one = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=1)
+    two = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=2)
+    assert one[0] == two[0]
+
+
 @pytest.mark.parametrize(
     ("pix_fmt", "eligible"),
     [

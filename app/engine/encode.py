@@ -52,9 +52,10 @@ def encode_frame(
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
     clean_aperture: Sequence[int] | None = None,
     metadata: FrameMetadata | None = None,
+    threads: int = 1,
 ) -> tuple[bytes, tuple[int, int], dict[str, float]]:
     """A decoded frame rendered per ``render`` and encoded per ``encode``: (data, (width, height),
-    seconds spent in "render" and "encode").
+    seconds spent in "render" and "encode"). ``threads``: cores the colour conversion may use.
 
     A JPEG is made straight from the frame's YUV planes where that gives the same picture (see
     ``yuvjpeg``: most requests, at a third of the cost); everything else goes through RGB.
@@ -73,7 +74,7 @@ def encode_frame(
     if encode.format == "jpeg" and yuvjpeg.can_encode(frame, layout, region, render.dynamic_range):
         quality = _quality(encode) or DEFAULT_QUALITY["jpeg"]
         try:
-            planes = yuvjpeg.jfif_frame_planes(frame, layout)
+            planes = yuvjpeg.jfif_frame_planes(frame, layout, threads=threads)
             rendered = time.perf_counter()
             data = yuvjpeg.encode_planes(planes, quality)
             return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
@@ -155,11 +156,14 @@ def _mix(scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv:
     return out
 
 
-def _chroma(scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int) -> np.ndarray:
+def _chroma(
+    scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int, out: np.ndarray | None
+) -> np.ndarray:
     total = _mix(scratch, "sum", u, v, ku, kv, (128 << _SHIFT) + (1 << (_SHIFT - 1)))  # + 1/2: rounded
     total >>= _SHIFT
     np.clip(total, 0, 255, out=total)
-    out = scratch.get(name, u.shape, np.uint8)
+    if out is None:
+        out = scratch.get(name, u.shape, np.uint8)
     np.copyto(out, total, casting="unsafe")
     return out
 
@@ -172,12 +176,14 @@ def jfif_planes(
     full_range: bool,
     *,
     scratch: Scratch | None = None,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """4:2:0 planes in the source's matrix and range -> JFIF (BT.601 full range) 4:2:0 planes.
 
     Integer arithmetic on whole planes, as few passes over the luma as it takes (numpy's look-up
     tables, fancy indexing, cost ~4 ms on a 1080p plane; each pass here a tenth of that). With
-    ``scratch``, every array (the planes returned included) is one of its buffers.
+    ``scratch``, every array (the planes returned included) is one of its buffers; with ``out``, the
+    planes are written there instead.
     """
     conv = _conversion(colorspace, full_range)
     if conv.identity:
@@ -187,8 +193,9 @@ def jfif_planes(
     np.subtract(u, 128, out=cu, dtype=np.int32)
     cv = scratch.get("v", v.shape, np.int32)
     np.subtract(v, 128, out=cv, dtype=np.int32)
-    cb = _chroma(scratch, "cb", cu, cv, conv.cb_u, conv.cb_v)
-    cr = _chroma(scratch, "cr", cu, cv, conv.cr_u, conv.cr_v)
+    out_y, out_cb, out_cr = out if out is not None else (None, None, None)
+    cb = _chroma(scratch, "cb", cu, cv, conv.cb_u, conv.cb_v, out_cb)
+    cr = _chroma(scratch, "cr", cu, cv, conv.cr_u, conv.cr_v, out_cr)
     # Luma: Y * gain plus, per 2x2 block, the chroma's correction and the range offset (one sum per
     # chroma sample, widened to full width once, then added to even and odd rows; an odd size's last
     # column/row has no partner). Kept positive by _BIAS, so uint16 holds it.
@@ -207,9 +214,49 @@ def jfif_planes(
     np.clip(luma, _BIAS << _LUMA_SHIFT, ((_BIAS + 256) << _LUMA_SHIFT) - 1, out=luma)
     luma >>= _LUMA_SHIFT
     luma -= _BIAS
-    out = scratch.get("y", y.shape, np.uint8)
-    np.copyto(out, luma, casting="unsafe")
-    return out, cb, cr
+    if out_y is None:
+        out_y = scratch.get("y", y.shape, np.uint8)
+    np.copyto(out_y, luma, casting="unsafe")
+    return out_y, cb, cr
+
+
+_MIN_BAND_ROWS = 256  # smaller pictures convert in ~1 ms: not worth a hand-off
+
+
+@functools.cache
+def _band_helpers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=3, thread_name_prefix="stillframe-band")
+
+
+def _jfif_planes_in_bands(
+    y: np.ndarray, u: np.ndarray, v: np.ndarray, colorspace: int, full_range: bool, bands: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``jfif_planes`` cut into bands of rows (whole 2x2 blocks each) converted side by side on helper
+    threads (numpy lets go of the GIL), into this thread's scratch planes."""
+    bands = max(1, min(bands, 4, y.shape[0] // _MIN_BAND_ROWS))
+    scratch = _thread_scratch(y.size)
+    if bands == 1 or _conversion(colorspace, full_range).identity:
+        return jfif_planes(y, u, v, colorspace, full_range, scratch=scratch)
+    out = (
+        scratch.get("band_y", y.shape, np.uint8),
+        scratch.get("band_cb", u.shape, np.uint8),
+        scratch.get("band_cr", v.shape, np.uint8),
+    )
+    edges = [u.shape[0] * band // bands for band in range(bands + 1)]  # in chroma rows
+
+    def convert(band: int) -> None:
+        c0, c1 = edges[band], edges[band + 1]
+        l0, l1 = 2 * c0, min(2 * c1, y.shape[0])
+        rows = (slice(l0, l1), slice(c0, c1), slice(c0, c1))
+        planes = (y[rows[0]], u[rows[1]], v[rows[2]])
+        targets = (out[0][rows[0]], out[1][rows[1]], out[2][rows[2]])
+        jfif_planes(*planes, colorspace, full_range, scratch=_thread_scratch(y.size), out=targets)
+
+    helpers = [_band_helpers().submit(convert, band) for band in range(1, bands)]
+    convert(0)
+    for helper in helpers:
+        helper.result()
+    return out
 
 
 _PLANE_TRANSPOSES = {
@@ -255,10 +302,13 @@ def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_ran
     )
 
 
-def jfif_frame_planes(frame: av.VideoFrame, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def jfif_frame_planes(
+    frame: av.VideoFrame, layout: Layout, *, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). Another depth or
-    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_planes``.
-    The planes are this thread's scratch buffers (or the frame's own): encode them before the next call."""
+    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_planes``,
+    on ``threads`` cores for a big picture. The planes are this thread's scratch buffers (or the
+    frame's own): encode them before the next call."""
     colorspace = int(colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height))
     full = colour.is_full_range(int(frame.color_range), frame.format.name)
     if frame.format.name not in _YUV420P:
@@ -270,9 +320,9 @@ def jfif_frame_planes(frame: av.VideoFrame, layout: Layout) -> tuple[np.ndarray,
             src_color_range=color_range,
             dst_color_range=color_range,
             interpolation=SCALE_FLAGS,
-            threads=1,
+            threads=threads,
         )
-    y, u, v = jfif_planes(*_planes(frame), colorspace, full, scratch=_thread_scratch(frame.width * frame.height))
+    y, u, v = _jfif_planes_in_bands(*_planes(frame), colorspace, full, threads)
     if layout.transpose is not None:
         turn = _PLANE_TRANSPOSES[layout.transpose]
         y, u, v = (np.ascontiguousarray(turn(plane)) for plane in (y, u, v))
