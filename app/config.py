@@ -45,6 +45,13 @@ class Settings(BaseSettings):
 
     # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Decoder processes.")
+    decode_threads: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Decoder threads (frame threads where the codec has them) for a task started while as "
+        "many other workers are idle; one otherwise.",
+    )
     decode_timeout: float = Field(default=30.0, gt=0, description="Seconds a task may go without producing a frame.")
     queue_limit: int = Field(default=64, ge=1, description="Tasks queued or running; past it the API answers 429.")
     open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")

@@ -140,3 +140,30 @@ def test_server_answers_health_while_decoding(server: LiveServer, stalling_sourc
     assert httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200
     assert time.monotonic() - started < 0.5
     thread.join(timeout=60)
+
+
+def test_a_task_gets_decoder_threads_only_while_other_workers_are_idle() -> None:
+    """A lone grab decodes on two cores; once other workers are busy (or have a backlog), one core
+    per task: frame threads would only cost a loaded pool throughput."""
+    from app.config import Settings
+    from app.pool.base import GrabTask
+    from app.pool.process import ProcessDecoderPool, _Task
+
+    pool = ProcessDecoderPool(Settings(workers=3, decode_threads=2))
+    first, second, third = pool._workers
+    for worker in pool._workers:
+        worker.ready = True
+    busy = _Task(1, GrabTask(url="a.mp4", times=("1",)))
+    assert pool._decode_threads(first) == 2  # everyone else idle
+    second.running = busy
+    assert pool._decode_threads(first) == 2  # one other worker still idle: its core is free
+    third.backlog.append(busy)
+    assert pool._decode_threads(first) == 1  # nothing idle
+    third.backlog.clear()
+    third.ready = False
+    assert pool._decode_threads(first) == 1  # a worker still starting lends no core
+    for settings in (Settings(workers=2, decode_threads=1), Settings(workers=1, decode_threads=2)):
+        other = ProcessDecoderPool(settings)
+        for worker in other._workers:
+            worker.ready = True
+        assert other._decode_threads(other._workers[0]) == 1

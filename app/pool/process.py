@@ -8,6 +8,8 @@
 * A watchdog kills a worker whose task has produced nothing for ``decode_timeout`` seconds; the
   caller gets ``decode_timeout`` (504) and a fresh worker takes the slot.
 * ``queue_limit`` bounds tasks queued or running: past it, ``queue_full`` (429) at once.
+* A task that starts while other workers are idle decodes with ``decode_threads`` frame threads on
+  their cores; in a busy pool each task gets one (see ``_decode_threads``).
 """
 
 from __future__ import annotations
@@ -179,12 +181,24 @@ class ProcessDecoderPool:
             entry = worker.backlog.popleft()
             if entry.cancelled:
                 continue
+            threads = self._decode_threads(worker)
             worker.running = entry
             entry.last_progress = time.monotonic()
-            if not worker.send(("run", entry.id, entry.task)):
+            if not worker.send(("run", entry.id, entry.task, threads)):
                 worker.running = None
                 worker.backlog.appendleft(entry)
                 return
+
+    def _decode_threads(self, worker: _Worker) -> int:
+        """Decoder threads for the task this worker starts now: ``decode_threads`` while the cores they
+        would take are idle (other workers with nothing to do), else one. A lone grab then decodes on
+        several cores, and a busy pool keeps one core per task, where frame threads' overhead (a
+        frame decoded past each target, thread hand-offs) would only cost throughput."""
+        wanted = self.settings.decode_threads
+        if wanted <= 1:
+            return 1
+        idle = sum(1 for w in self._workers if w is not worker and w.ready and w.running is None and not w.backlog)
+        return wanted if idle >= wanted - 1 else 1
 
     def _cancel(self, entry: _Task) -> None:
         if entry.cancelled:

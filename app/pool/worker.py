@@ -4,7 +4,7 @@ Each worker keeps recently used assets open (container, stream, keyframe index) 
 so a second grab from the same video skips the open and the probe. It runs under resource limits
 (address space, open files, CPU time per task) so that a hostile file costs one worker at most.
 
-Protocol over the worker's pipe (parent -> worker): ``("run", task_id, GrabTask)``,
+Protocol over the worker's pipe (parent -> worker): ``("run", task_id, GrabTask, decode_threads)``,
 ``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
 ``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
 ``("error", task_id, EngineError)`` for a task that failed as a whole.
@@ -79,32 +79,33 @@ def _set_limits(settings: Settings) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _limit_cpu_for_next_task(settings: Settings) -> None:
+def _limit_cpu_for_next_task(settings: Settings, threads: int) -> None:
     """RLIMIT_CPU counts the whole process, so each task gets "used so far + its budget"; a task that
     spins past it gets SIGXCPU and dies, and the parent reports a timeout."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = int(usage.ru_utime + usage.ru_stime) + 1
-    budget = int(settings.decode_timeout * CPU_SECONDS_PER_TASK_FACTOR) + 1
+    budget = int(settings.decode_timeout * CPU_SECONDS_PER_TASK_FACTOR * threads) + 1
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CPU, (used + budget, resource.RLIM_INFINITY))
 
 
 class _OpenAssets:
-    """Generators kept open by (source identity, stream), least recently used first out."""
+    """Generators kept open by (source identity, stream, decoder threads), least recently used first out."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, int | None], ImageGenerator] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int | None, int], ImageGenerator] = OrderedDict()
         self._remote: dict[str, tuple[str, float]] = {}  # url -> (identity, when it was last checked)
 
-    def get(self, task: GrabTask, settings: Settings) -> tuple[ImageGenerator, str]:
+    def get(self, task: GrabTask, settings: Settings, threads: int = 1) -> tuple[ImageGenerator, str]:
+        """The open generator for this task (its decoder set up with ``threads``), opened if need be."""
         from app.engine.sources import HttpSource, resolve_source
 
         recent = self._remote.get(task.url)
         if recent is not None and time.monotonic() - recent[1] < REMOTE_REVALIDATE_SECONDS:
             # A remote asset checked moments ago: revalidating costs a request (and a block of
             # bytes) per grab, so trust it for a few seconds, as an HTTP cache would.
-            key = (recent[0], task.options.stream)
+            key = (recent[0], task.options.stream, threads)
             if (generator := self._items.pop(key, None)) is not None:
                 generator.options = task.options
                 self._items[key] = generator
@@ -115,11 +116,15 @@ class _OpenAssets:
             self._remote[task.url] = (identity, time.monotonic())
             if len(self._remote) > 4 * self.capacity:
                 self._remote.pop(next(iter(self._remote)))
-        key = (identity, task.options.stream)
+        key = (identity, task.options.stream, threads)
         generator = self._items.pop(key, None)
         if generator is None:
             generator = ImageGenerator(
-                source, task.options, max_output_pixels=settings.max_output_pixels, limits=source_limits(settings)
+                source,
+                task.options,
+                max_output_pixels=settings.max_output_pixels,
+                limits=source_limits(settings),
+                decode_threads=threads,
             )
         else:
             generator.options = task.options
@@ -173,10 +178,10 @@ def worker_main(conn: Connection, settings: Settings) -> None:
             break
         if message[0] != "run":
             continue  # a cancel for a task that already finished
-        _, task_id, task = message
-        _limit_cpu_for_next_task(settings)
+        _, task_id, task, threads = message
+        _limit_cpu_for_next_task(settings, threads)
         try:
-            generator, identity = assets.get(task, settings)
+            generator, identity = assets.get(task, settings, threads)
             for item in generator.images_for(list(task.times), ordered=False):
                 if isinstance(item, FrameResult):
                     item = dataclasses.replace(item, source_identity=identity)
