@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import simplejpeg
 from av.video.reformatter import ColorRange
 from PIL import Image
 
@@ -219,6 +220,7 @@ def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) 
     big = frame.reformat(width=1280, height=720, format="yuv420p")  # big enough to be cut into bands
     one = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=1)
     two = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=2)
+    assert one[1] == two[1] == (1280, 720)
     assert one[0] == two[0]
 
 
@@ -246,3 +248,29 @@ def test_which_pixel_formats_take_the_planes(pix_fmt: str, eligible: bool) -> No
     assert yuvjpeg.can_encode(frame, layout, region, "sdr") is eligible
     if eligible:
         _decoded(_fast(frame, None, RenderOptions()))  # and they do convert
+
+
+@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (720, 1280), (2160, 3840), (1000, 1002), (544, 80)])
+def test_a_jpeg_encoded_in_halves_decodes_to_the_same_pixels(height: int, width: int) -> None:
+    """Two halves joined at a restart marker: every decoder sees the picture of one whole encode."""
+    rng = np.random.default_rng(height)
+    # smooth gradients plus noise: DC predictions that differ across the cut, some 0xFF bytes
+    ramp = np.add.outer(np.arange(height) // 3, np.arange(width) // 5).astype(np.uint8)
+    y = (ramp + rng.integers(0, 40, (height, width))).astype(np.uint8)
+    u = rng.integers(60, 200, (height // 2, width // 2), dtype=np.uint8)
+    v = np.ascontiguousarray(ramp[::2, ::2])
+    whole = bytes(simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=85))
+    halves = yuvjpeg.encode_planes((y, u, v), 85, threads=2)
+    assert halves == yuvjpeg.encode_planes((y, u, v), 85)  # the bytes do not depend on the threads
+    assert halves != whole and len(halves) - len(whole) < 64  # really joined, and no bigger to speak of
+    for decode in (
+        lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),  # libjpeg(-turbo)
+        lambda data: next(av.open(io.BytesIO(data), format="jpeg_pipe").decode(video=0)).to_ndarray(),  # FFmpeg
+    ):
+        assert np.array_equal(decode(halves), decode(whole))
+
+
+def test_small_pictures_are_encoded_whole() -> None:
+    y = np.zeros((200, 320), np.uint8)
+    u = v = np.full((100, 160), 128, np.uint8)
+    assert yuvjpeg.encode_planes((y, u, v), 85, threads=2) == yuvjpeg.encode_planes((y, u, v), 85)

@@ -76,7 +76,7 @@ def encode_frame(
         try:
             planes = yuvjpeg.jfif_frame_planes(frame, layout, threads=threads)
             rendered = time.perf_counter()
-            data = yuvjpeg.encode_planes(planes, quality)
+            data = yuvjpeg.encode_planes(planes, quality, threads=threads)
             return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
         except (av.FFmpegError, ValueError):
             pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage

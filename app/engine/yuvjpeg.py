@@ -329,5 +329,70 @@ def jfif_frame_planes(
     return y, u, v
 
 
-def encode_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], quality: int) -> bytes:
-    return bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
+def encode_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], quality: int, *, threads: int = 1) -> bytes:
+    """JFIF 4:2:0 planes -> JPEG. A big picture is encoded as two halves joined with a restart marker
+    (see ``_join_halves``): the same pixels as one encode, with one DRI segment and two bytes more.
+    With ``threads`` > 1 the halves are encoded side by side. The bytes never depend on ``threads``
+    (ETags, caches and tests compare them)."""
+    y = planes[0]
+    height, width = y.shape
+    top = -(-height // 32) * 16  # whole 16-row MCU rows, at least half the picture
+    interval = (top // 16) * -(-width // 16)  # the top half's MCUs: one restart interval
+    if height < 2 * _MIN_BAND_ROWS or top >= height or interval > 0xFFFF:
+        return bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
+    _, u, v = planes
+    cut = top // 2  # chroma rows
+    upper, lower = (y[:top], u[:cut], v[:cut]), (y[top:], u[cut:], v[cut:])
+    if threads > 1:
+        bottom = _band_helpers().submit(simplejpeg.encode_jpeg_yuv_planes, *lower, quality=quality)
+        first = bytes(simplejpeg.encode_jpeg_yuv_planes(*upper, quality=quality))
+        second = bytes(bottom.result())
+    else:
+        first, second = (bytes(simplejpeg.encode_jpeg_yuv_planes(*half, quality=quality)) for half in (upper, lower))
+    joined = _join_halves(first, second, height, interval)
+    return joined if joined is not None else bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
+
+
+def _segments(jpeg: bytes) -> tuple[list[tuple[int, bytes]], bytes] | None:
+    """A baseline JPEG's marker segments up to and including SOS as (marker, whole segment), and its
+    entropy-coded data (up to EOI); None if it is not laid out that way."""
+    if jpeg[:2] != b"\xff\xd8" or jpeg[-2:] != b"\xff\xd9":
+        return None
+    segments, at = [], 2
+    while at + 4 <= len(jpeg):
+        if jpeg[at] != 0xFF:
+            return None
+        marker, length = jpeg[at + 1], int.from_bytes(jpeg[at + 2 : at + 4], "big")
+        segments.append((marker, jpeg[at : at + 2 + length]))
+        at += 2 + length
+        if marker == 0xDA:  # SOS: the entropy-coded data follows
+            return segments, jpeg[at:-2]
+    return None
+
+
+def _join_halves(top: bytes, bottom: bytes, height: int, interval: int) -> bytes | None:
+    """Two JPEGs of the upper and lower rows of one picture (same width and tables) as one JPEG.
+
+    A restart interval of exactly the upper half's MCUs makes the decoder expect a restart marker
+    where the lower half begins, and a restart resets what the halves do not share (DC predictions,
+    bit alignment): the upper half's data, RST0, the lower half's data decode as the whole picture.
+    The lower half is the last interval, which may be shorter. Only the frame height changes."""
+    upper, lower = _segments(top), _segments(bottom)
+    if upper is None or lower is None:
+        return None
+    tables = [segment for marker, segment in upper[0] if marker in (0xDB, 0xC4)]  # DQT, DHT
+    if tables != [segment for marker, segment in lower[0] if marker in (0xDB, 0xC4)]:
+        return None
+    out = bytearray(b"\xff\xd8")
+    for marker, segment in upper[0]:
+        if marker == 0xC0:  # SOF0: precision (1 byte) then height (2 bytes)
+            segment = segment[:5] + height.to_bytes(2, "big") + segment[7:]
+        elif marker == 0xDA:
+            out += b"\xff\xdd\x00\x04" + interval.to_bytes(2, "big")  # DRI, before the scan
+        elif marker == 0xDD:
+            return None  # restarts of its own: not what we asked libjpeg for
+        out += segment
+    if not any(marker == 0xC0 for marker, _ in upper[0]):
+        return None
+    out += upper[1] + b"\xff\xd0" + lower[1] + b"\xff\xd9"
+    return bytes(out)
