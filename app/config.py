@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     queue_limit: int = Field(default=64, ge=1, description="Tasks queued or running; past it the API answers 429.")
     open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")
     worker_memory_limit: int = Field(default=4 * 1024**3, description="Address-space cap of a decoder process.")
+    worker_recycle_rss: int = Field(
+        default=1024**3,
+        ge=1,
+        description="A decoder process whose resident memory stays above this after closing its least recently "
+        "used assets hands its slot to a fresh one after its task.",
+    )
     worker_max_open_files: int = 256
 
     # Jobs: many times per request, persisted in SQLite (WAL) with their images beside it.

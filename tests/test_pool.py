@@ -167,3 +167,18 @@ def test_a_task_gets_decoder_threads_only_while_other_workers_are_idle() -> None
         for worker in other._workers:
             worker.ready = True
         assert other._decode_threads(other._workers[0]) == 1
+
+
+def test_a_worker_over_its_memory_budget_hands_its_slot_to_a_fresh_one(media_root: Path) -> None:
+    """With a budget every process is over, each task retires its worker: every request still gets its
+    image (none lost, none failed), each from a new process."""
+    env = {"STILLFRAME_MEDIA_ROOT": str(media_root), "STILLFRAME_WORKERS": "1", "STILLFRAME_WORKER_RECYCLE_RSS": "1"}
+    with live_server(env) as server:
+        seen: set[int] = set()
+        for _ in range(3):
+            good_grab(server)
+            seen.update(server.wait_workers(1))
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:  # back to back: none waits in vain
+            for response in [client.get("/v1/frame", params={"url": "clip.mp4", "t": f"0.{n}"}) for n in range(4)]:
+                assert response.status_code == 200, response.text
+        assert len(seen) >= 2  # replaced (the first may not be seen before it is gone)

@@ -7,7 +7,8 @@ so a second grab from the same video skips the open and the probe. It runs under
 Protocol over the worker's pipe (parent -> worker): ``("run", task_id, GrabTask, decode_threads)``,
 ``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
 ``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
-``("error", task_id, EngineError)`` for a task that failed as a whole.
+``("error", task_id, EngineError)`` for a task that failed as a whole, and ``("retire", pid)`` just
+before the ``done`` of its last task when it exits to be replaced (memory over ``worker_recycle_rss``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ class _OpenAssets:
         key = (identity, task.options.stream, threads)
         generator = self._items.pop(key, None)
         if generator is None:
+            # One decoder per asset: the one set up for the other thread count goes (the load changed).
+            for other in [k for k in self._items if k[:2] == key[:2]]:
+                self._items.pop(other).close()
             generator = ImageGenerator(
                 source,
                 task.options,
@@ -194,5 +198,14 @@ def worker_main(conn: Connection, settings: Settings) -> None:
         except MemoryError:
             assets.drop(task)
             conn.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
-        assets.trim(settings.worker_memory_limit // 4)
+        assets.trim(settings.worker_recycle_rss)
+        if _rss_bytes() > settings.worker_recycle_rss:
+            assets.close()
+            if _rss_bytes() > settings.worker_recycle_rss:
+                # Over with no asset open: memory that closing gives back to nobody (native heap
+                # fragmentation after long load). Say so before "done", so that no task is sent
+                # here again, and make way for a fresh process.
+                conn.send(("retire", os.getpid()))
+                conn.send(("done", task_id))
+                break
         conn.send(("done", task_id))
