@@ -12,7 +12,6 @@ from pathlib import Path
 
 import av
 
-from app.config import Settings
 from bench.media import Asset, ffmpeg_exe
 
 
@@ -82,16 +81,16 @@ class Floor:
     * span: seek to the keyframe before the first frame and decode every frame up to the last one:
       one forward decode of the span a batch covers.
 
-    The decoder is set up as the server's is (``decode_threads`` of its settings, frame threads where
-    more than one), so the floor gets the same cores; draining at the end costs it none of the frame
-    threads' delay.
+    ``threads`` = 1 is the decoder as it comes (slice threads only, which single-slice streams do not
+    use): the decoding work on one core, and the floor the targets are measured against. More is a
+    frame-threaded decoder, as the server sets one up for a grab while other workers are idle: what
+    that work takes on as many cores (draining at the end costs it none of the frame threads' delay).
     """
 
-    def __init__(self, asset: Asset) -> None:
+    def __init__(self, asset: Asset, threads: int = 1) -> None:
         self.asset = asset
         self.container = av.open(str(asset.path))
         self.stream = self.container.streams.video[0]
-        threads = Settings().decode_threads
         self.stream.thread_type = "AUTO" if threads > 1 else "SLICE"
         if threads > 1:
             self.stream.thread_count = threads

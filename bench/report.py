@@ -76,7 +76,7 @@ def table(results: dict[str, Any]) -> list[str]:
                 continue
             cli = (block.get(cli_key) or {}).get("p50_ms")
             floor = (block.get("floor") or {}).get("p50_ms")
-            for method in ("stillframe_warm", "stillframe_cold", "naive_pyav", cli_key, "floor"):
+            for method in ("stillframe_warm", "stillframe_cold", "naive_pyav", cli_key, "floor", "floor_threads"):
                 m = block.get(method)
                 if not m:
                     continue

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from app.config import Settings
 from bench import baselines
 from bench.media import Asset, cold_copies
 from bench.servers import Origin, Stillframe, TreeMonitor
@@ -183,6 +184,10 @@ def scenario_exact(ctx: Context) -> dict[str, Any]:
         times = ctx.times(asset, n + 1, "exact")
         floor = baselines.Floor(asset)
         methods = ["stillframe_warm", "ffmpeg_cli", "floor"]
+        threads = Settings().decode_threads  # the server's, from the same environment
+        floor_threads = baselines.Floor(asset, threads) if threads > 1 else None
+        if floor_threads is not None:
+            methods.append("floor_threads")
         if not shared and key not in cfg.naive_skip:
             methods.insert(2, "naive_pyav")
         samples: dict[str, list[float]] = {m: [] for m in methods}
@@ -219,6 +224,8 @@ def scenario_exact(ctx: Context) -> dict[str, Any]:
                             errors["ffmpeg_cli failed"] += 1
                     elif method == "naive_pyav":
                         samples[method].append(baselines.naive_pyav_grab(asset.path, t))
+                    elif method == "floor_threads" and floor_threads is not None:
+                        samples[method].append(floor_threads.exact(t).seconds)
                     else:
                         result_f = floor.exact(t)
                         samples[method].append(result_f.seconds)
@@ -229,6 +236,8 @@ def scenario_exact(ctx: Context) -> dict[str, Any]:
             if i + 1 >= (min(cfg.min_samples, n)) and time.perf_counter() - started > cfg.cell_budget:
                 break
         floor.close()
+        if floor_threads is not None:
+            floor_threads.close()
         block: dict[str, Any] = {
             "asset": asset.describe(),
             "stillframe_warm": _method_block(
@@ -245,17 +254,22 @@ def scenario_exact(ctx: Context) -> dict[str, Any]:
         }
         if "naive_pyav" in samples:
             block["naive_pyav"] = _method_block(samples["naive_pyav"])
+        if "floor_threads" in samples:
+            block["floor_threads"] = _method_block(samples["floor_threads"], threads=threads)
         block["frame_mismatches_vs_floor"] = mismatches
         if key in cfg.cold_assets:
             block["stillframe_cold"] = _cold(ctx, asset, errors)
         block["errors"] = dict(errors)
         s, c, f = (block[m]["p50_ms"] for m in ("stillframe_warm", "ffmpeg_cli", "floor"))
         block["ratios"] = {"warm_vs_cli": ratio(s, c), "warm_vs_floor": ratio(s, f)}
+        if "floor_threads" in block:
+            block["ratios"]["warm_vs_floor_threads"] = ratio(s, block["floor_threads"]["p50_ms"])
         if "stillframe_cold" in block:
             block["ratios"]["cold_vs_cli"] = ratio(block["stillframe_cold"]["p50_ms"], c)
         out[key] = block
         ctx.say(
             f"  exact {key:<42} stillframe {s} ms  cli {c} ms  floor {f} ms"
+            + (f" ({block['floor_threads']['p50_ms']} ms on {threads} threads)" if "floor_threads" in block else "")
             + (f"  cold {block['stillframe_cold']['p50_ms']} ms" if "stillframe_cold" in block else "")
             + (f"  errors {dict(errors)}" if errors else "")
         )
