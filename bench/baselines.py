@@ -12,6 +12,7 @@ from pathlib import Path
 
 import av
 
+from app.engine.generator import set_decoder_threads
 from bench.media import Asset, ffmpeg_exe
 
 
@@ -82,19 +83,18 @@ class Floor:
       one forward decode of the span a batch covers.
 
     ``threads`` = 1 is the decoder as it comes (slice threads only, which single-slice streams do not
-    use): the decoding work on one core, and the floor the targets are measured against. More is a
-    frame-threaded decoder, as the server sets one up for a grab while other workers are idle: what
-    that work takes on as many cores (draining at the end costs it none of the frame threads' delay).
+    use): the decoding work on one core, and the floor the targets are measured against. More is the
+    decoder as the server sets one up for a grab while other workers are idle (``set_decoder_threads``:
+    frame threads, slices for HEVC): what that work takes on as many cores (draining at the end costs
+    it none of the frame threads' delay).
     """
 
     def __init__(self, asset: Asset, threads: int = 1) -> None:
         self.asset = asset
         self.container = av.open(str(asset.path))
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO" if threads > 1 else "SLICE"
-        if threads > 1:
-            self.stream.thread_count = threads
         self.codec = self.stream.codec_context
+        set_decoder_threads(self.stream, self.codec.name, threads)
 
     def close(self) -> None:
         self.container.close()
