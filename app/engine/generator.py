@@ -58,10 +58,13 @@ _DEMUXER_OPTIONS = {
 }
 
 _AV_TIME_BASE = 1_000_000
-# Two frame threads take ~40% off an exact grab's decode on an idle machine, for some 10-20% more CPU
-# (a frame decoded past the target, hand-offs); the decoder pool asks for one thread when it is busy.
-DEFAULT_DECODE_THREADS = 2
 _AVFMT_TS_DISCONT = 0x0200
+_BACKOFF_SECONDS = (Fraction(1), Fraction(4), Fraction(16), Fraction(64))
+
+
+# Two decoder threads take 25-40% off an exact grab on an idle machine, for up to ~20% more CPU (a frame
+# decoded past the target, hand-offs between threads): the decoder pool asks for one when it is busy.
+DEFAULT_DECODE_THREADS = 2
 
 
 def set_decoder_threads(stream: Any, codec: str, threads: int) -> None:
@@ -80,9 +83,6 @@ def set_decoder_threads(stream: Any, codec: str, threads: int) -> None:
         return
     stream.thread_type = "SLICE" if codec == "hevc" else "AUTO"
     stream.thread_count = threads
-
-
-_BACKOFF_SECONDS = (Fraction(1), Fraction(4), Fraction(16), Fraction(64))
 
 
 @dataclass(frozen=True)

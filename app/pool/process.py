@@ -8,8 +8,8 @@
 * A watchdog kills a worker whose task has produced nothing for ``decode_timeout`` seconds; the
   caller gets ``decode_timeout`` (504) and a fresh worker takes the slot.
 * ``queue_limit`` bounds tasks queued or running: past it, ``queue_full`` (429) at once.
-* A task that starts while other workers are idle decodes with ``decode_threads`` frame threads on
-  their cores; in a busy pool each task gets one (see ``_decode_threads``).
+* A task that starts while other workers are idle decodes (and renders) with ``decode_threads``
+  threads on their cores; in a busy pool each task gets one (see ``_decode_threads``).
 """
 
 from __future__ import annotations
