@@ -182,3 +182,16 @@ def test_a_worker_over_its_memory_budget_hands_its_slot_to_a_fresh_one(media_roo
             for response in [client.get("/v1/frame", params={"url": "clip.mp4", "t": f"0.{n}"}) for n in range(4)]:
                 assert response.status_code == 200, response.text
         assert len(seen) >= 2  # replaced (the first may not be seen before it is gone)
+
+
+def test_memory_budget_counts_address_space_too() -> None:
+    """A fragmented heap keeps growing its span even where its pages are given back: a worker whose
+    address space nears its cap retires as one over its resident budget does."""
+    from app.config import Settings
+    from app.pool.worker import _over_budget, release_free_heap
+
+    release_free_heap()  # safe to call anywhere (a no-op off glibc)
+    roomy = Settings(worker_recycle_rss=1 << 50, worker_memory_limit=1 << 50)
+    assert not _over_budget(roomy)
+    assert _over_budget(Settings(worker_recycle_rss=1 << 50, worker_memory_limit=4096))  # address space
+    assert _over_budget(Settings(worker_recycle_rss=1, worker_memory_limit=1 << 50))  # resident

@@ -54,12 +54,36 @@ def tune_allocator() -> None:
         pass  # not glibc: its allocator has its own ways
 
 
-def _rss_bytes() -> int:
+_HEAP_RELEASE_GROWTH = 64 * 1024**2  # resident growth since the last release that makes another worth it
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``; a few ms).
+
+    Grabs of different assets and sizes leave the heap fragmented: its free space grows ~70 KB per
+    grab (measured: in-use flat at ~110 MiB while free space went 37 -> 124 MiB over 1,250 grabs),
+    and glibc returns only what sits at the top of the heap. ``malloc_trim`` releases free pages
+    wherever they are."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _statm_bytes(field: int) -> int:
     try:
         with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(statm.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _rss_bytes() -> int:
+    return _statm_bytes(1)
+
+
+def _over_budget(settings: Settings) -> bool:
+    """Resident memory over ``worker_recycle_rss``, or address space within a quarter of the cap (the
+    heap's span keeps growing with its fragmentation even where its pages are given back)."""
+    return _rss_bytes() > settings.worker_recycle_rss or _statm_bytes(0) > settings.worker_memory_limit * 3 // 4
 
 
 def source_limits(settings: Settings) -> SourceLimits:
@@ -173,6 +197,7 @@ def worker_main(conn: Connection, settings: Settings) -> None:
     tune_allocator()
     _set_limits(settings)
     assets = _OpenAssets(settings.open_assets_per_worker)
+    released_at = _rss_bytes()
     conn.send(("ready", os.getpid()))
     pending: list[Any] = []
     while True:
@@ -199,12 +224,19 @@ def worker_main(conn: Connection, settings: Settings) -> None:
             assets.drop(task)
             conn.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
         assets.trim(settings.worker_recycle_rss)
-        if _rss_bytes() > settings.worker_recycle_rss:
+        resident = _rss_bytes()
+        if resident > released_at + _HEAP_RELEASE_GROWTH:
+            release_free_heap()
+            released_at = _rss_bytes()
+        else:
+            released_at = min(released_at, resident)
+        if _over_budget(settings):
             assets.close()
-            if _rss_bytes() > settings.worker_recycle_rss:
-                # Over with no asset open: memory that closing gives back to nobody (native heap
-                # fragmentation after long load). Say so before "done", so that no task is sent
-                # here again, and make way for a fresh process.
+            release_free_heap()
+            if _over_budget(settings):
+                # Over with no asset open and the free heap given back: memory nothing here can
+                # return. Say so before "done", so that no task is sent here again, and make way for
+                # a fresh process.
                 conn.send(("retire", os.getpid()))
                 conn.send(("done", task_id))
                 break
