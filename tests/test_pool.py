@@ -195,3 +195,25 @@ def test_memory_budget_counts_address_space_too() -> None:
     assert not _over_budget(roomy)
     assert _over_budget(Settings(worker_recycle_rss=1 << 50, worker_memory_limit=4096))  # address space
     assert _over_budget(Settings(worker_recycle_rss=1, worker_memory_limit=1 << 50))  # resident
+
+
+def test_free_heap_pages_go_back_to_the_system() -> None:
+    """What the workers do about a fragmented heap: chunks freed between live ones stay resident (glibc
+    returns only the top of the heap) until ``release_free_heap`` hands their pages back."""
+    import ctypes
+
+    from app.pool.worker import _rss_bytes, release_free_heap
+
+    try:
+        has_trim = hasattr(ctypes.CDLL("libc.so.6"), "malloc_trim")
+    except OSError:
+        has_trim = False
+    if not has_trim:
+        pytest.skip("not glibc")
+    chunk = 64 * 1024  # under glibc's mmap threshold: from the heap
+    blocks = [bytearray(b"x" * chunk) for _ in range(1600)]  # ~100 MiB, every page touched
+    del blocks[::2]  # every other one freed: ~50 MiB of holes between live chunks
+    fragmented = _rss_bytes()
+    release_free_heap()
+    assert _rss_bytes() < fragmented - 30 * 1024**2
+    assert all(block == b"x" * chunk for block in blocks)  # the live ones are untouched

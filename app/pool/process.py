@@ -86,7 +86,6 @@ class ProcessDecoderPool:
         self._stopping = False
         self._in_flight = 0
         self.submitted = 0  # tasks accepted since start (for operators and tests)
-        self.retired = 0  # workers replaced for their memory
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -235,7 +234,6 @@ class ProcessDecoderPool:
             return
         if kind == "retire":  # it exits after this task: nothing more goes to it; its exit respawns it
             worker.ready = False
-            self.retired += 1
             log.info("decoder %s (pid %s) retires: memory over worker_recycle_rss", worker.slot, message[1])
             return
         entry = worker.running
