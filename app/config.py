@@ -49,8 +49,8 @@ class Settings(BaseSettings):
         default=2,
         ge=1,
         le=16,
-        description="Decoder threads (frame threads where the codec has them) for a task started while as "
-        "many other workers are idle; one otherwise.",
+        description="Decoder and render threads (frame threads; slice threads for HEVC) for a task started "
+        "while as many other workers are idle; one otherwise.",
     )
     decode_timeout: float = Field(default=30.0, gt=0, description="Seconds a task may go without producing a frame.")
     queue_limit: int = Field(default=64, ge=1, description="Tasks queued or running; past it the API answers 429.")
@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     worker_recycle_rss: int = Field(
         default=1024**3,
         ge=1,
-        description="A decoder process whose resident memory stays above this after closing its least recently "
-        "used assets hands its slot to a fresh one after its task.",
+        description="A decoder process whose resident memory stays above this with no asset open and its free "
+        "heap given back hands its slot to a fresh one after its task.",
     )
     worker_max_open_files: int = 256
 

@@ -217,3 +217,18 @@ def test_free_heap_pages_go_back_to_the_system() -> None:
     release_free_heap()
     assert _rss_bytes() < fragmented - 30 * 1024**2
     assert all(block == b"x" * chunk for block in blocks)  # the live ones are untouched
+
+
+def test_a_worker_gives_free_heap_back_after_growing_between_tasks() -> None:
+    """The step a worker runs after each task: past 64 MiB of growth it releases the heap's free
+    pages (and, within budget, does not retire)."""
+    from app.config import Settings
+    from app.pool.worker import _MemoryKeeper, _OpenAssets, _rss_bytes
+
+    memory = _MemoryKeeper(Settings(worker_recycle_rss=1 << 50, worker_memory_limit=1 << 50))
+    blocks = [bytearray(b"x" * 64 * 1024) for _ in range(2400)]  # ~150 MiB from the heap
+    del blocks[::2]  # ~75 MiB of holes: resident until released
+    fragmented = _rss_bytes()
+    assert not memory.must_retire(_OpenAssets(1))
+    assert _rss_bytes() < fragmented - 40 * 1024**2
+    assert memory.released_at <= _rss_bytes() + 1024**2

@@ -55,7 +55,7 @@ def encode_frame(
     threads: int = 1,
 ) -> tuple[bytes, tuple[int, int], dict[str, float]]:
     """A decoded frame rendered per ``render`` and encoded per ``encode``: (data, (width, height),
-    seconds spent in "render" and "encode"). ``threads``: cores the colour conversion may use.
+    seconds spent in "render" and "encode"). ``threads``: cores the YUV->JPEG path may use.
 
     A JPEG is made straight from the frame's YUV planes where that gives the same picture (see
     ``yuvjpeg``: most requests, at a third of the cost); everything else goes through RGB.

@@ -8,7 +8,7 @@ Protocol over the worker's pipe (parent -> worker): ``("run", task_id, GrabTask,
 ``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
 ``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
 ``("error", task_id, EngineError)`` for a task that failed as a whole, and ``("retire", pid)`` just
-before the ``done`` of its last task when it exits to be replaced (memory over ``worker_recycle_rss``).
+before the ``done`` of its last task when it exits to be replaced (see ``_MemoryKeeper``).
 """
 
 from __future__ import annotations
@@ -84,6 +84,30 @@ def _over_budget(settings: Settings) -> bool:
     """Resident memory over ``worker_recycle_rss``, or address space within a quarter of the cap (the
     heap's span keeps growing with its fragmentation even where its pages are given back)."""
     return _rss_bytes() > settings.worker_recycle_rss or _statm_bytes(0) > settings.worker_memory_limit * 3 // 4
+
+
+class _MemoryKeeper:
+    """What a worker does about its memory between tasks: close least recently used assets past the
+    budget, give free heap pages back after each ``_HEAP_RELEASE_GROWTH`` of growth, and say when
+    even that is not enough (the worker should make way for a fresh process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.released_at = _rss_bytes()
+
+    def must_retire(self, assets: _OpenAssets) -> bool:
+        assets.trim(self.settings.worker_recycle_rss)
+        resident = _rss_bytes()
+        if resident > self.released_at + _HEAP_RELEASE_GROWTH:
+            release_free_heap()
+            self.released_at = _rss_bytes()
+        else:
+            self.released_at = min(self.released_at, resident)
+        if not _over_budget(self.settings):
+            return False
+        assets.close()
+        release_free_heap()
+        return _over_budget(self.settings)  # with no asset open and the free heap given back
 
 
 def source_limits(settings: Settings) -> SourceLimits:
@@ -197,7 +221,7 @@ def worker_main(conn: Connection, settings: Settings) -> None:
     tune_allocator()
     _set_limits(settings)
     assets = _OpenAssets(settings.open_assets_per_worker)
-    released_at = _rss_bytes()
+    memory = _MemoryKeeper(settings)
     conn.send(("ready", os.getpid()))
     pending: list[Any] = []
     while True:
@@ -223,21 +247,9 @@ def worker_main(conn: Connection, settings: Settings) -> None:
         except MemoryError:
             assets.drop(task)
             conn.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
-        assets.trim(settings.worker_recycle_rss)
-        resident = _rss_bytes()
-        if resident > released_at + _HEAP_RELEASE_GROWTH:
-            release_free_heap()
-            released_at = _rss_bytes()
-        else:
-            released_at = min(released_at, resident)
-        if _over_budget(settings):
-            assets.close()
-            release_free_heap()
-            if _over_budget(settings):
-                # Over with no asset open and the free heap given back: memory nothing here can
-                # return. Say so before "done", so that no task is sent here again, and make way for
-                # a fresh process.
-                conn.send(("retire", os.getpid()))
-                conn.send(("done", task_id))
-                break
+        if memory.must_retire(assets):
+            # Say so before "done", so that no task is sent here again, and make way for a fresh process.
+            conn.send(("retire", os.getpid()))
+            conn.send(("done", task_id))
+            break
         conn.send(("done", task_id))
