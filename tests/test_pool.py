@@ -11,7 +11,9 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -232,3 +234,113 @@ def test_a_worker_gives_free_heap_back_after_growing_between_tasks() -> None:
     assert not memory.must_retire(_OpenAssets(1))
     assert _rss_bytes() < fragmented - 40 * 1024**2
     assert memory.released_at <= _rss_bytes() + 1024**2
+
+
+# ------------------------------------------------------------------ coalescing queued grabs of one asset
+
+
+@pytest.fixture(scope="module")
+def long_gop_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 30 s clip with one keyframe and no B-frames (a grab near its end decodes ~750 frames, all
+    references) and a short one."""
+    root = tmp_path_factory.mktemp("coalesce-media")
+    make_h264_clip(root / "long.mp4", size="640x360", rate=25, seconds=30, gop=750, extra=["-bf", "0"])
+    make_h264_clip(root / "short.mp4", size="320x240", rate=25, seconds=4, gop=25)
+    return root
+
+
+def _pool_run(root: Path, scenario: Any) -> Any:
+    """Run ``scenario(pool)`` against a real one-worker pool (its own event loop)."""
+    import asyncio
+
+    from app.config import Settings
+    from app.pool.process import ProcessDecoderPool
+
+    async def main() -> Any:
+        pool = ProcessDecoderPool(Settings(media_root=root, workers=1, decode_timeout=30, queue_limit=64))
+        await pool.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not pool.ready() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return await scenario(pool)
+        finally:
+            await pool.stop()
+
+    return asyncio.run(main())
+
+
+def test_queued_grabs_of_one_asset_share_one_pass_and_get_the_images_they_would_alone(long_gop_root: Path) -> None:
+    """While the worker is busy, grabs of the same source and options wait; the next start takes them
+    all in one pass. Each still gets exactly the image and time it gets on its own; other options,
+    other sources and a bad time are not mixed up with them."""
+    import asyncio
+
+    from app.engine.errors import EngineError
+    from app.engine.options import GrabOptions
+    from app.pool.base import GrabTask
+
+    exact, keyframe = GrabOptions(), GrabOptions(tolerance_before=None, tolerance_after=None)
+    requests = [
+        ("long.mp4", "19.5", exact),  # the first: runs at once, the rest queue behind it
+        ("long.mp4", "3.02", exact),
+        ("long.mp4", "3.1", exact),  # same GOP, just after: continues the same decode
+        ("long.mp4", "12", exact),
+        ("long.mp4", "not-a-time", exact),
+        ("long.mp4", "7", keyframe),  # other options: a pass of its own
+        ("short.mp4", "1.5", exact),  # another source
+        ("long.mp4", "0.5", exact),
+        ("long.mp4", "75%", exact),
+    ]
+
+    async def together(pool: Any) -> tuple[list[Any], int]:
+        jobs = [asyncio.ensure_future(pool.grab(GrabTask(url, (t,), options))) for url, t, options in requests]
+        return await asyncio.gather(*jobs, return_exceptions=True), pool.coalesced
+
+    async def alone(pool: Any) -> list[Any]:
+        results = []
+        for url, t, options in requests:
+            try:
+                results.append(await pool.grab(GrabTask(url, (t,), options)))
+            except EngineError as exc:
+                results.append(exc)
+        return results
+
+    shared, coalesced = _pool_run(long_gop_root, together)
+    solo = _pool_run(long_gop_root, alone)
+    assert coalesced == 5  # 3.02, 3.1, 12, not-a-time, 0.5 and 75% in one pass (one of them led it)
+    for (url, t, _), got, want in zip(requests, shared, solo, strict=True):
+        if isinstance(want, EngineError):
+            assert isinstance(got, EngineError) and got.code == want.code == "invalid_parameter", (url, t)
+            continue
+        assert not isinstance(got, BaseException), (url, t, got)
+        assert (got.index, got.actual_time, got.pts) == (0, want.actual_time, want.pts), (url, t)
+        assert got.image == want.image, (url, t)
+    assert [r.actual_time for r in shared[1:4]] == [Fraction(3), Fraction(77, 25), Fraction(12)]
+
+
+def test_a_coalesced_pass_whose_worker_dies_hands_back_what_it_had_not_answered(long_gop_root: Path) -> None:
+    """The worker is killed mid-pass: the grab it had answered keeps its image, the others run again
+    one by one on the fresh worker and get theirs (no request pays for another's crash)."""
+    import asyncio
+
+    from app.pool.base import GrabTask
+
+    async def scenario(pool: Any) -> tuple[list[Any], int, int, int]:
+        def grab(t: str) -> Any:
+            return asyncio.ensure_future(pool.grab(GrabTask("long.mp4", (t,))))
+
+        blocker, first, later, last = grab("0"), grab("0.2"), grab("0.3"), grab("29.9")
+        await blocker
+        victim = pool._workers[0].process.pid
+        answered = await first  # the pass has begun; 29.9 s is ~740 frames away
+        assert not last.done()
+        os.kill(victim, signal.SIGKILL)
+        rest = await asyncio.gather(later, last, return_exceptions=True)
+        return [answered, *rest], pool.coalesced, victim, pool._workers[0].process.pid
+
+    results, coalesced, victim, replacement = _pool_run(long_gop_root, scenario)
+    assert coalesced == 2
+    assert replacement != victim
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert [r.actual_time for r in results] == [Fraction(1, 5), Fraction(7, 25), Fraction(747, 25)]

@@ -398,7 +398,9 @@ class ImageGenerator:
                 if decoded.pts not in renders:
                     renders = {decoded.pts: self._start_render(decoded.frame, pipelined)}
                 pending.append(_Pending(index, spec, seconds, decoded, decode_seconds, renders[decoded.pts]))
-                while len(pending) > (_PIPELINE_DEPTH if pipelined else 0):
+                # Out as soon as its image is ready (those of the frames decoded meanwhile usually are),
+                # and at the latest when the renders fall _PIPELINE_DEPTH frames behind.
+                while pending and (len(pending) > (_PIPELINE_DEPTH if pipelined else 0) or pending[0].render.done()):
                     yield self._finish(pending.popleft())
             while pending:
                 yield self._finish(pending.popleft())

@@ -10,12 +10,18 @@
 * ``queue_limit`` bounds tasks queued or running: past it, ``queue_full`` (429) at once.
 * A task that starts while other workers are idle decodes (and renders) with ``decode_threads``
   threads on their cores; in a busy pool each task gets one (see ``_decode_threads``).
+* Coalescing: when a worker starts a one-time grab, the other one-time grabs of the same source and
+  options still waiting go with it, as one task: one pass over the asset in time order, each GOP
+  decoded once for all the times in it, each distinct frame rendered once. A pass that fails as a
+  whole (its worker died, timed out or refused the task) hands what it had not yet answered back to
+  the queue one by one, so a hostile time still fails only its own request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -38,16 +44,51 @@ from app.pool.worker import worker_main
 log = logging.getLogger("stillframe.pool")
 
 _AFFINITY_MAX_BACKLOG = 2  # a worker with more queued than this loses its affinity claims
+_COALESCE_MAX = 16  # grabs in one pass at most: the last of them waits for the others' frames
 _CONTEXT = multiprocessing.get_context("spawn")  # no fork of a threaded, event-looped parent
 
 
 @dataclass
 class _Task:
+    """One caller's task, from submission to its last result."""
+
     id: int
     task: GrabTask
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    last_progress: float = 0.0
     cancelled: bool = False
+    answered: bool = False  # a result or an error went to the caller
+    solo: bool = False  # back from a failed coalesced pass: runs on its own
+
+    def coalesces_with(self, other: _Task) -> bool:
+        return (
+            not self.solo
+            and not other.solo
+            and not other.cancelled
+            and len(self.task.times) == 1
+            and len(other.task.times) == 1
+            and self.task.affinity == other.task.affinity
+            and self.task.options == other.task.options
+        )
+
+
+@dataclass
+class _Run:
+    """What a worker is running: one task, or several one-time grabs coalesced into one pass (the
+    pass's time ``i`` is member ``i``'s)."""
+
+    id: int
+    members: list[_Task]
+    task: GrabTask
+    last_progress: float = 0.0
+
+    @property
+    def coalesced(self) -> bool:
+        return len(self.members) > 1
+
+    def member_for(self, index: int) -> _Task | None:
+        if not self.coalesced:
+            return self.members[0]
+        return self.members[index] if 0 <= index < len(self.members) else None
 
 
 class _Worker:
@@ -56,7 +97,7 @@ class _Worker:
         self.process: Any = None
         self.conn: Connection | None = None
         self.backlog: deque[_Task] = deque()
-        self.running: _Task | None = None
+        self.running: _Run | None = None
         self.ready = False
         self.send_lock = threading.Lock()
 
@@ -86,6 +127,7 @@ class ProcessDecoderPool:
         self._stopping = False
         self._in_flight = 0
         self.submitted = 0  # tasks accepted since start (for operators and tests)
+        self.coalesced = 0  # of those, grabs that ran in another grab's pass
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,7 +149,7 @@ class ProcessDecoderPool:
                 await asyncio.to_thread(worker.process.join, max(0.1, deadline - time.monotonic()))
                 if worker.process.is_alive():
                     worker.process.kill()
-            for task in [*worker.backlog, *([worker.running] if worker.running else [])]:
+            for task in [*worker.backlog, *(worker.running.members if worker.running else [])]:
                 task.queue.put_nowait(("error", EngineError("decode_failed", "the service is shutting down")))
 
     def ready(self) -> bool:
@@ -143,7 +185,7 @@ class ProcessDecoderPool:
             raise EngineError("queue_full", "the service is shutting down")
         if self._in_flight >= self.settings.queue_limit:
             raise EngineError("queue_full", "too many decodes queued; retry shortly")
-        entry = _Task(next(self._ids), task, last_progress=time.monotonic())
+        entry = _Task(next(self._ids), task)
         self._in_flight += 1
         self.submitted += 1
         worker = self._choose(task.affinity)
@@ -181,13 +223,36 @@ class ProcessDecoderPool:
             entry = worker.backlog.popleft()
             if entry.cancelled:
                 continue
+            members = [entry, *self._take_coalescable(entry)]
+            if len(members) == 1:
+                run = _Run(entry.id, members, entry.task)
+            else:
+                times = tuple(member.task.times[0] for member in members)
+                run = _Run(
+                    next(self._ids), members, GrabTask(entry.task.url, times, entry.task.options, entry.task.lane)
+                )
             threads = self._decode_threads(worker)
-            worker.running = entry
-            entry.last_progress = time.monotonic()
-            if not worker.send(("run", entry.id, entry.task, threads)):
+            worker.running = run
+            run.last_progress = time.monotonic()
+            if not worker.send(("run", run.id, run.task, threads)):
                 worker.running = None
-                worker.backlog.appendleft(entry)
+                worker.backlog.extendleft(reversed(members))
                 return
+            self.coalesced += len(members) - 1
+
+    def _take_coalescable(self, entry: _Task) -> list[_Task]:
+        """The grabs still waiting (in any worker's backlog) that can share ``entry``'s pass."""
+        taken: list[_Task] = []
+        if entry.solo or len(entry.task.times) != 1:
+            return taken
+        for worker in self._workers:
+            for other in list(worker.backlog):
+                if len(taken) + 1 >= _COALESCE_MAX:
+                    return taken
+                if entry.coalesces_with(other):
+                    worker.backlog.remove(other)
+                    taken.append(other)
+        return taken
 
     def _decode_threads(self, worker: _Worker) -> int:
         """Decoder threads for the task this worker starts now: ``decode_threads`` while the cores they
@@ -205,8 +270,10 @@ class ProcessDecoderPool:
             return
         entry.cancelled = True
         for worker in self._workers:
-            if worker.running is entry:
-                worker.send(("cancel", entry.id))
+            run = worker.running
+            if run is not None and entry in run.members:
+                if all(member.cancelled for member in run.members):  # nobody left waiting for this pass
+                    worker.send(("cancel", run.id))
             elif entry in worker.backlog:
                 worker.backlog.remove(entry)
 
@@ -236,26 +303,45 @@ class ProcessDecoderPool:
             worker.ready = False
             log.info("decoder %s (pid %s) retires: memory over worker_recycle_rss", worker.slot, message[1])
             return
-        entry = worker.running
-        if entry is None or entry.id != message[1]:
+        run = worker.running
+        if run is None or run.id != message[1]:
             return
-        entry.last_progress = time.monotonic()
-        if kind == "item" and not entry.cancelled:
-            entry.queue.put_nowait(("item", message[2]))
-        elif kind == "error" and not entry.cancelled:
-            entry.queue.put_nowait(("error", message[2]))
+        run.last_progress = time.monotonic()
+        if kind == "item":
+            item = message[2]
+            member = run.member_for(item.index)
+            if member is not None and not member.cancelled:
+                member.answered = True
+                member.queue.put_nowait(("item", dataclasses.replace(item, index=0) if run.coalesced else item))
+        elif kind == "error":
+            self._fail(worker, run, message[2])
         elif kind == "done":
-            entry.queue.put_nowait(("done",))
+            for member in run.members:
+                member.queue.put_nowait(("done",))
             worker.running = None
             self._pump(worker)
+
+    def _fail(self, worker: _Worker, run: _Run, error: EngineError) -> None:
+        """A pass failed as a whole. Alone, its task gets the error. Coalesced, the grabs it had not
+        answered go back to the front of the queue, each to run on its own: only the one whose time
+        really fails gets an error, and those the pass answered keep their images."""
+        if not run.coalesced:
+            run.members[0].answered = True
+            run.members[0].queue.put_nowait(("error", error))
+            return
+        retry = [member for member in run.members if not member.answered and not member.cancelled]
+        for member in retry:
+            member.solo = True
+        run.members = [member for member in run.members if member not in retry]
+        worker.backlog.extendleft(reversed(retry))
 
     def _on_exit(self, worker: _Worker, process: Any, reason: EngineError | None = None) -> None:
         if worker.process is not process:
             return
         with contextlib.suppress(Exception):
             process.join(timeout=1)
-        entry, worker.running = worker.running, None
-        if entry is not None:
+        run, worker.running = worker.running, None
+        if run is not None:
             if reason is None:
                 exitcode = process.exitcode
                 if exitcode == -signal.SIGXCPU:
@@ -263,7 +349,10 @@ class ProcessDecoderPool:
                 else:
                     reason = EngineError("decode_failed", "the decoder stopped while reading this source")
                 log.warning("decoder %s (pid %s) exited with %s", worker.slot, process.pid, exitcode)
-            entry.queue.put_nowait(("error", reason))
+            self._fail(worker, run, reason)
+            for member in run.members:  # those it answered are complete
+                if member.answered and run.coalesced:
+                    member.queue.put_nowait(("done",))
         for url, slot in list(self._affinity.items()):
             if slot == worker.slot:
                 del self._affinity[url]
@@ -280,8 +369,8 @@ class ProcessDecoderPool:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for worker in self._workers:
-                entry = worker.running
-                if entry is not None and now - entry.last_progress > self.settings.decode_timeout:
+                run = worker.running
+                if run is not None and now - run.last_progress > self.settings.decode_timeout:
                     process = worker.process
                     log.warning("decoder %s (pid %s): task over its deadline, killing it", worker.slot, process.pid)
                     process.kill()
