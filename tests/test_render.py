@@ -649,3 +649,22 @@ def test_hdr_tone_mapping_is_not_washed_out(name: str) -> None:
     assert p1_s <= p1_n  # blacks are not lifted
     assert 60 < median_s < 220  # mid-tones stay mid-tones
     assert np.percentile(np.asarray(sdr.convert("L")), 99.5) >= 240  # highlights reach white
+
+
+@pytest.mark.parametrize(("transfer", "peak"), [("hlg", 1000.0), ("pq", 4000.0), ("pq", 203.0)])
+def test_hdr_tone_mapping_in_blocks_and_threads_is_the_whole_picture_at_once(
+    transfer: colour.Transfer, peak: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tone mapping runs in blocks of pixels, on helper threads when it may: the EETF's table
+    spans the brightest pixel of the whole picture (here in the last block), so every block must
+    come out exactly as the picture mapped in one piece."""
+    rng = np.random.default_rng(7)
+    rgb16 = (rng.random((240, 500, 3)) * 40000).astype(np.uint16)  # 120,000 pixels: four blocks
+    rgb16[-1, -1] = 65535  # the peak, in the last block only
+    kwargs = {"transfer": transfer, "color_primaries": int(ColorPrimaries.BT2020), "peak_nits": peak}
+    in_blocks = colour.tone_map_to_sdr(rgb16, **kwargs)
+    on_two_threads = colour.tone_map_to_sdr(rgb16, threads=2, **kwargs)
+    monkeypatch.setattr(colour, "_BLOCK_PIXELS", 10**9)
+    whole = colour.tone_map_to_sdr(rgb16, **kwargs)
+    assert np.array_equal(in_blocks, whole)
+    assert np.array_equal(on_two_threads, whole)

@@ -55,7 +55,7 @@ def encode_frame(
     threads: int = 1,
 ) -> tuple[bytes, tuple[int, int], dict[str, float]]:
     """A decoded frame rendered per ``render`` and encoded per ``encode``: (data, (width, height),
-    seconds spent in "render" and "encode"). ``threads``: cores the YUV->JPEG path may use.
+    seconds spent in "render" and "encode"). ``threads``: cores the YUV->JPEG path and HDR tone mapping may use.
 
     A JPEG is made straight from the frame's YUV planes where that gives the same picture (see
     ``yuvjpeg``: most requests, at a third of the cost); everything else goes through RGB.
@@ -80,7 +80,7 @@ def encode_frame(
             return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
         except (av.FFmpegError, ValueError):
             pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage
-    image = render_frame(frame, render, metadata=metadata, plan=(layout, region))
+    image = render_frame(frame, render, metadata=metadata, plan=(layout, region), threads=threads)
     rendered = time.perf_counter()
     data = encode_image(image, encode)
     return data, image.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}

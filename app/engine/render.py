@@ -343,7 +343,11 @@ def parse_background(value: str) -> tuple[int, int, int]:
 
 
 def _to_rgb(
-    frame: av.VideoFrame, size: tuple[int, int] | None, dynamic_range: str, side_data: dict[int, bytes]
+    frame: av.VideoFrame,
+    size: tuple[int, int] | None,
+    dynamic_range: str,
+    side_data: dict[int, bytes],
+    threads: int = 1,
 ) -> Image.Image:
     """swscale the frame to RGB (at ``size``, or its own size), tone-mapping HDR when asked to."""
     fmt = frame.format.name
@@ -371,7 +375,7 @@ def _to_rgb(
     if transfer is not None:
         peak = colour.hdr_peak_nits(side_data, transfer)
         array = colour.tone_map_to_sdr(
-            array, transfer=transfer, color_primaries=int(frame.color_primaries), peak_nits=peak
+            array, transfer=transfer, color_primaries=int(frame.color_primaries), peak_nits=peak, threads=threads
         )
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
@@ -395,6 +399,7 @@ def render_frame(
     clean_aperture: Sequence[int] | None = None,
     metadata: FrameMetadata | None = None,
     plan: tuple[Layout, tuple[int, int, int, int] | None] | None = None,
+    threads: int = 1,
 ) -> Image.Image:
     """The frame as an RGB picture, oriented, with square pixels, sized and tone-mapped per ``options``.
 
@@ -403,8 +408,8 @@ def render_frame(
     the container's clean aperture as (top, bottom, left, right) pixels to remove, the layout of
     AV_PKT_DATA_FRAME_CROPPING; it is used with ``aperture="clean"`` only. ``metadata``: the stream's
     side data, read once (default: from this frame); ``plan``: what ``plan_frame`` gave for the same
-    arguments, if the caller has it already. Raises ``EngineError`` ``invalid_parameter`` for bad
-    options or an output over ``max_output_pixels``.
+    arguments, if the caller has it already; ``threads``: cores the HDR tone mapping may use. Raises
+    ``EngineError`` ``invalid_parameter`` for bad options or an output over ``max_output_pixels``.
     """
     metadata = metadata or FrameMetadata.of(frame)
     layout, region = plan or plan_frame(
@@ -416,9 +421,9 @@ def render_frame(
         metadata=metadata,
     )
     if region is None:
-        image = _to_rgb(frame, layout.scale_to, options.dynamic_range, metadata.side_data)
+        image = _to_rgb(frame, layout.scale_to, options.dynamic_range, metadata.side_data, threads)
     else:
-        image = _to_rgb(frame, None, options.dynamic_range, metadata.side_data).crop(region)
+        image = _to_rgb(frame, None, options.dynamic_range, metadata.side_data, threads).crop(region)
         if image.size != layout.scale_to:
             image = image.resize(layout.scale_to, _RESAMPLE)
     if layout.transpose is not None:

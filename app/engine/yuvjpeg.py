@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
@@ -33,6 +32,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
 from app.engine import colour
+from app.engine.parallel import helper_threads
 from app.engine.render import SCALE_FLAGS, Layout
 
 # (Kr, Kb) of the YUV matrices swscale knows (libswscale's ff_yuv2rgb_coeffs).
@@ -223,11 +223,6 @@ def jfif_planes(
 _MIN_BAND_ROWS = 256  # smaller pictures convert in ~1 ms: not worth a hand-off
 
 
-@functools.cache
-def _band_helpers() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=3, thread_name_prefix="stillframe-band")
-
-
 def _jfif_planes_in_bands(
     y: np.ndarray, u: np.ndarray, v: np.ndarray, colorspace: int, full_range: bool, bands: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,7 +247,7 @@ def _jfif_planes_in_bands(
         targets = (out[0][rows[0]], out[1][rows[1]], out[2][rows[2]])
         jfif_planes(*planes, colorspace, full_range, scratch=_thread_scratch(y.size), out=targets)
 
-    helpers = [_band_helpers().submit(convert, band) for band in range(1, bands)]
+    helpers = [helper_threads().submit(convert, band) for band in range(1, bands)]
     convert(0)
     for helper in helpers:
         helper.result()
@@ -344,7 +339,7 @@ def encode_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], quality: in
     cut = top // 2  # chroma rows
     upper, lower = (y[:top], u[:cut], v[:cut]), (y[top:], u[cut:], v[cut:])
     if threads > 1:
-        bottom = _band_helpers().submit(simplejpeg.encode_jpeg_yuv_planes, *lower, quality=quality)
+        bottom = helper_threads().submit(simplejpeg.encode_jpeg_yuv_planes, *lower, quality=quality)
         first = bytes(simplejpeg.encode_jpeg_yuv_planes(*upper, quality=quality))
         second = bytes(bottom.result())
     else:
