@@ -367,7 +367,7 @@ def _to_rgb(
             interpolation=SCALE_FLAGS
             if transfer or (width, height) != (frame.width, frame.height)
             else SAME_SIZE_FLAGS,
-            threads=1,  # one decoder process per core already; per-call thread pools only cost memory
+            threads=threads,  # >1 only while other workers are idle (a busy pool gives each task one core)
         )
         array = converted.to_ndarray()
     except (av.FFmpegError, ValueError) as exc:
@@ -408,7 +408,7 @@ def render_frame(
     the container's clean aperture as (top, bottom, left, right) pixels to remove, the layout of
     AV_PKT_DATA_FRAME_CROPPING; it is used with ``aperture="clean"`` only. ``metadata``: the stream's
     side data, read once (default: from this frame); ``plan``: what ``plan_frame`` gave for the same
-    arguments, if the caller has it already; ``threads``: cores the HDR tone mapping may use. Raises
+    arguments, if the caller has it already; ``threads``: cores swscale and HDR tone mapping may use. Raises
     ``EngineError`` ``invalid_parameter`` for bad options or an output over ``max_output_pixels``.
     """
     metadata = metadata or FrameMetadata.of(frame)
