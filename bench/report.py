@@ -66,6 +66,11 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def _keyframe_p50(block: dict[str, Any]) -> float | None:
+    decoded = block.get("stillframe_warm_decoded") or {}
+    return decoded.get("p50_ms") if decoded.get("n") else block["stillframe_warm"]["p50_ms"]
+
+
 def table(results: dict[str, Any]) -> list[str]:
     rows: list[tuple[str, ...]] = []
     header = ("scenario", "asset", "method", "n", "p50 ms", "p90 ms", "p99 ms", "x CLI", "x floor")
@@ -76,7 +81,8 @@ def table(results: dict[str, Any]) -> list[str]:
                 continue
             cli = (block.get(cli_key) or {}).get("p50_ms")
             floor = (block.get("floor") or {}).get("p50_ms")
-            for method in ("stillframe_warm", "stillframe_cold", "naive_pyav", cli_key, "floor", "floor_threads"):
+            methods = ("stillframe_warm", "stillframe_warm_decoded", "stillframe_cold", "naive_pyav", cli_key)
+            for method in (*methods, "floor", "floor_threads"):
                 m = block.get(method)
                 if not m:
                     continue
@@ -233,23 +239,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             r is not None and r >= 2,
             f"CLI {c} ms / stillframe {s} ms = {r}x",
         )
+    # Keyframe targets count only the grabs that decoded their keyframe: one that lands on the keyframe
+    # of the grab before gets that image again at once, which says nothing about decoding speed.
     for key, b in (sc.get("keyframe") or {}).items():
         if not isinstance(b, dict) or "stillframe_warm" not in b:
             continue
-        s, c = b["stillframe_warm"]["p50_ms"], b["ffmpeg_cli_nokey"]["p50_ms"]
+        s, c = _keyframe_p50(b), b["ffmpeg_cli_nokey"]["p50_ms"]
         r = ratio(c, s)
         add(
             f"keyframe grab >= 5x faster than ffmpeg -skip_frame nokey ({key})",
             r is not None and r >= 5,
-            f"CLI {c} ms / stillframe {s} ms = {r}x",
+            f"CLI {c} ms / stillframe {s} ms = {r}x (grabs that decoded)",
         )
     b = (sc.get("keyframe") or {}).get("1080p_gop2")
     if isinstance(b, dict) and "stillframe_warm" in b:
-        s = b["stillframe_warm"]["p50_ms"]
+        s = _keyframe_p50(b)
         add(
             "keyframe grab of 1080p < 40 ms p50 warm, JPEG included (1080p_gop2)",
             s is not None and s < 40,
-            f"{s} ms (floor: one keyframe decode {b['floor']['p50_ms']} ms)",
+            f"{s} ms over the grabs that decoded (floor: one keyframe decode {b['floor']['p50_ms']} ms)",
         )
     batch = sc.get("batch")
     if isinstance(batch, dict) and "ratios" in batch:

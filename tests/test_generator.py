@@ -224,3 +224,40 @@ def test_limits_through_the_api(make_client: Any, clip: Path) -> None:
     client = make_client(media_root=clip.parent, max_duration=2)
     response = client.get("/v1/frame", params={"url": clip.name, "t": "1"})
     assert response.status_code == 422 and response.json()["code"] == "source_too_long"
+
+
+def test_grabs_that_land_on_the_last_frame_again_reuse_its_decode_and_image(
+    clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrubbing client asks for many times that land on one keyframe (tolerance=inf) or one frame:
+    the keyframe is not decoded again and the image not made again, and each answer is exactly what a
+    fresh generator gives. Other options, or another frame, make a new image."""
+    from app.engine.options import RenderOptions
+
+    keyframe = tolerant(None, None)
+    with ImageGenerator(clip, keyframe) as generator:
+        decodes: list[int] = []
+        real = generator._decode_one_keyframe
+        monkeypatch.setattr(generator, "_decode_one_keyframe", lambda: decodes.append(1) or real())
+        first = generator.image_at("2.1")
+        again = generator.image_at("1.9")  # nearest keyframe: 2 s again
+        assert (first.actual_time, again.actual_time) == (Fraction(2), Fraction(2))
+        assert len(decodes) == 1
+        assert again.image == first.image
+        assert (again.timings["render"], again.timings["encode"]) == (0.0, 0.0)
+        other = generator.image_at("3.1")
+        assert other.actual_time == Fraction(3) and len(decodes) == 2 and other.timings["encode"] > 0
+
+        generator.options = GrabOptions(encode=PNG)  # exact, as a worker switches between tasks
+        on_frame = generator.image_at("1.5")
+        same_frame = generator.image_at("1.51")  # frame 37 (1.48 s) is on screen at both
+        assert on_frame.actual_time == same_frame.actual_time == Fraction(37, 25)
+        assert same_frame.image == on_frame.image and same_frame.timings["encode"] == 0.0
+        generator.options = GrabOptions(encode=PNG, render=RenderOptions(width=64))
+        smaller = generator.image_at("1.51")  # the same frame, other options: made anew
+        assert smaller.width == 64 and smaller.image != on_frame.image and smaller.timings["encode"] > 0
+
+    for result, t, options in ((again, "1.9", keyframe), (same_frame, "1.51", GrabOptions(encode=PNG))):
+        with ImageGenerator(clip, options) as fresh:
+            alone = fresh.image_at(t)
+        assert (alone.actual_time, alone.image) == (result.actual_time, result.image)

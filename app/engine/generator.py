@@ -37,7 +37,7 @@ import av.error
 
 from app.engine.errors import EngineError
 from app.engine.nal import H264Disposable
-from app.engine.options import CONTENT_TYPES, GrabOptions, SourceLimits
+from app.engine.options import CONTENT_TYPES, EncodeOptions, GrabOptions, RenderOptions, SourceLimits
 from app.engine.sources import Source
 from app.engine.timeparse import TimeSpec, parse_time
 
@@ -147,6 +147,7 @@ class _Decoded:
 _ANSWER_KNOWN = _Decoded(cast(av.VideoFrame, None), -1)
 
 _Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
+_ImageKey = tuple[int, RenderOptions, EncodeOptions]  # a frame (pts) and what it was made into
 _PIPELINE_DEPTH = 2  # decoded frames that may wait for the render thread (memory: a few frames)
 
 
@@ -188,6 +189,8 @@ class ImageGenerator:
         self._file: BinaryIO | io.RawIOBase | None = None
         self._container: Any = None
         self._decode_target: int | None = None
+        self._last_keyframe: tuple[int, _Decoded] | None = None
+        self._last_image: tuple[_ImageKey, _Rendered] | None = None
         self._open()
 
     # ------------------------------------------------------------------ opening
@@ -396,7 +399,7 @@ class ImageGenerator:
                     yield FrameFailure(index, spec, exc)
                     continue
                 if decoded.pts not in renders:
-                    renders = {decoded.pts: self._start_render(decoded.frame, pipelined)}
+                    renders = {decoded.pts: self._image_of(decoded, pipelined)}
                 pending.append(_Pending(index, spec, seconds, decoded, decode_seconds, renders[decoded.pts]))
                 # Out as soon as its image is ready (those of the frames decoded meanwhile usually are),
                 # and at the latest when the renders fall _PIPELINE_DEPTH frames behind.
@@ -409,6 +412,24 @@ class ImageGenerator:
             for item in pending:
                 with contextlib.suppress(Exception):
                     item.render.result()
+
+    def _image_of(self, decoded: _Decoded, pipelined: bool) -> Future[_Rendered]:
+        """The frame's image, made now, or the last one made if it was of the same frame with the same
+        options (a scrubbing client asks for many times that land on one frame, or one keyframe)."""
+        key = (decoded.pts, self.options.render, self.options.encode)
+        last = self._last_image
+        if last is not None and last[0] == key:
+            image, width, height, _ = last[1]
+            done: Future[_Rendered] = Future()
+            done.set_result((image, width, height, {"render": 0.0, "encode": 0.0}))
+            return done
+        future = self._start_render(decoded.frame, pipelined)
+        future.add_done_callback(lambda made: self._remember_image(key, made))
+        return future
+
+    def _remember_image(self, key: _ImageKey, made: Future[_Rendered]) -> None:
+        if not made.cancelled() and made.exception() is None:
+            self._last_image = (key, made.result())
 
     def _start_render(self, frame: av.VideoFrame, pipelined: bool) -> Future[_Rendered]:
         if pipelined:  # (the next frame decodes meanwhile: one core for the render)
@@ -652,6 +673,8 @@ class ImageGenerator:
         """Decode the keyframe of an index entry (or take one the probe already decoded)."""
         if isinstance(timestamp, _Decoded):
             return timestamp
+        if self._last_keyframe is not None and self._last_keyframe[0] == timestamp:
+            return self._last_keyframe[1]  # the same entry as the last keyframe grab: already decoded
         # Index entries carry DTS while demuxers such as mov seek by PTS, so seeking to the entry
         # itself can land one GOP early: aim just before the next keyframe entry instead.
         after = bisect.bisect_right(self._keyframes, timestamp)
@@ -668,6 +691,7 @@ class ImageGenerator:
         decoded = next(self._decode(trust_all=False), None) if self._dts_clock else self._decode_one_keyframe()
         self._lookahead = None
         self._decoder_live = False
+        self._last_keyframe = None if decoded is None else (timestamp, decoded)
         return decoded
 
     def _decode_one_keyframe(self) -> _Decoded | None:
@@ -746,6 +770,10 @@ class ImageGenerator:
         self._dts_clock = self._container.format.name == "avi"
         self._dts_clock_next: int | None = None
         self._decode_target = None  # the pts being looked for, while one is (see _skippable)
+        # The last keyframe decoded by index entry, and the last image made (by pts and options): kept
+        # for grabs that land on the same frame again.
+        self._last_keyframe = None
+        self._last_image = None
         context = stream.codec_context
         set_decoder_threads(stream, context.name, self.decode_threads)
         self._stream = stream
