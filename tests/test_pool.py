@@ -344,3 +344,32 @@ def test_a_coalesced_pass_whose_worker_dies_hands_back_what_it_had_not_answered(
     assert replacement != victim
     assert not any(isinstance(r, BaseException) for r in results), results
     assert [r.actual_time for r in results] == [Fraction(1, 5), Fraction(7, 25), Fraction(747, 25)]
+
+
+def test_a_caller_that_goes_away_does_not_cancel_the_pass_it_shares(long_gop_root: Path) -> None:
+    """One of the grabs in a coalesced pass is cancelled (its client hung up): the others in the pass
+    still get their images, and the pool takes new work after."""
+    import asyncio
+
+    from app.pool.base import GrabTask
+
+    async def scenario(pool: Any) -> tuple[list[Any], int]:
+        def grab(t: str) -> Any:
+            return asyncio.ensure_future(pool.grab(GrabTask("long.mp4", (t,))))
+
+        blocker, leaving, staying, last = grab("0"), grab("10"), grab("20"), grab("29.9")
+        await blocker
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the three run as one pass
+            running = pool._workers[0].running
+            if running is not None and len(running.members) == 3:
+                break
+            await asyncio.sleep(0.001)
+        leaving.cancel()
+        results = await asyncio.gather(staying, last)
+        after = await pool.grab(GrabTask("long.mp4", ("1",)))
+        return [*results, after], pool.coalesced
+
+    results, coalesced = _pool_run(long_gop_root, scenario)
+    assert coalesced == 2
+    assert [r.actual_time for r in results] == [Fraction(20), Fraction(747, 25), Fraction(1)]
