@@ -319,11 +319,14 @@ def tone_map_to_sdr(
     h, w, _ = rgb16.shape
     codes = rgb16.reshape(-1, 3)
     n = codes.shape[0]
-    hlg = transfer == "hlg"
     tone_map = peak_nits > SDR_WHITE_NITS
     lin = np.empty((n, 3), np.float32)
     y = np.empty(n, np.float32)
-    scale = np.empty(n, np.float32) if hlg else None
+    scale = np.empty(n, np.float32) if transfer == "hlg" else None
+    # BT.2100 HLG OOTF: Fd = Lw * Ys^(gamma - 1) * E, Ys the scene luminance (BT.2020 weights). Such
+    # per-pixel gains are gathered into one scalar per pixel and applied once; the 3x3 primaries matrix
+    # commutes with them.
+    ootf_exponent = np.float32(0.2 + 0.42 * np.log10(HLG_DISPLAY_PEAK_NITS / 1000.0))
     m = np.empty(n, np.float32) if tone_map else None
     lut = _input_lut(transfer)
     matrix = primaries_to_bt709(color_primaries)
@@ -335,11 +338,7 @@ def tone_map_to_sdr(
         part = np.take(lut, codes[block], out=lin[block], mode="clip")  # float32, k x 3
         gain = None
         if scale is not None:
-            # BT.2100 HLG OOTF: Fd = Lw * Ys^(gamma - 1) * E, Ys the scene luminance (BT.2020 weights).
-            # Per-pixel gains are gathered into one scalar per pixel and applied once; the 3x3
-            # primaries matrix commutes with them.
-            gamma = 1.2 + 0.42 * np.log10(HLG_DISPLAY_PEAK_NITS / 1000.0)
-            gain = np.power(part @ _BT2020_LUMA, np.float32(gamma - 1.0), dtype=np.float32, out=scale[block])
+            gain = np.power(part @ _BT2020_LUMA, ootf_exponent, dtype=np.float32, out=scale[block])
             gain *= np.float32(HLG_DISPLAY_PEAK_NITS / SDR_WHITE_NITS)
         if matrix is not None:
             part[:] = part @ matrix.T
