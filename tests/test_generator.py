@@ -247,6 +247,11 @@ def test_grabs_that_land_on_the_last_frame_again_reuse_its_decode_and_image(
         assert (again.timings["render"], again.timings["encode"]) == (0.0, 0.0)
         other = generator.image_at("3.1")
         assert other.actual_time == Fraction(3) and len(decodes) == 2 and other.timings["encode"] > 0
+        generator.options = GrabOptions(
+            tolerance_before=None, tolerance_after=None, encode=PNG, render=RenderOptions(width=64)
+        )
+        resized = generator.image_at("2.9")  # the same keyframe, other options: no pixels were kept
+        assert resized.actual_time == Fraction(3) and resized.width == 64 and len(decodes) == 3
 
         generator.options = GrabOptions(encode=PNG)  # exact, as a worker switches between tasks
         on_frame = generator.image_at("1.5")

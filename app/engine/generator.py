@@ -145,6 +145,8 @@ class _Decoded:
 # Given out by the decoder before a packet that can only show after the target, once the frame on
 # screen at the target is out: the answer is certain without decoding on to the next frame.
 _ANSWER_KNOWN = _Decoded(cast(av.VideoFrame, None), -1)
+# The frame of a _Decoded whose image is already made (see _keyframe_at): no pixels are kept for it.
+_NO_FRAME = cast(av.VideoFrame, None)
 
 _Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
 _ImageKey = tuple[int, RenderOptions, EncodeOptions]  # a frame (pts) and what it was made into
@@ -189,7 +191,7 @@ class ImageGenerator:
         self._file: BinaryIO | io.RawIOBase | None = None
         self._container: Any = None
         self._decode_target: int | None = None
-        self._last_keyframe: tuple[int, _Decoded] | None = None
+        self._last_keyframe: tuple[int, int] | None = None  # index entry -> pts of its keyframe
         self._last_image: tuple[_ImageKey, _Rendered] | None = None
         self._open()
 
@@ -412,6 +414,10 @@ class ImageGenerator:
             for item in pending:
                 with contextlib.suppress(Exception):
                     item.render.result()
+
+    def _has_image(self, pts: int) -> bool:
+        last = self._last_image
+        return last is not None and last[0] == (pts, self.options.render, self.options.encode)
 
     def _image_of(self, decoded: _Decoded, pipelined: bool) -> Future[_Rendered]:
         """The frame's image, made now, or the last one made if it was of the same frame with the same
@@ -674,7 +680,9 @@ class ImageGenerator:
         if isinstance(timestamp, _Decoded):
             return timestamp
         if self._last_keyframe is not None and self._last_keyframe[0] == timestamp:
-            return self._last_keyframe[1]  # the same entry as the last keyframe grab: already decoded
+            pts = self._last_keyframe[1]
+            if self._has_image(pts):  # the same entry as the last keyframe grab, its image made already
+                return _Decoded(_NO_FRAME, pts)
         # Index entries carry DTS while demuxers such as mov seek by PTS, so seeking to the entry
         # itself can land one GOP early: aim just before the next keyframe entry instead.
         after = bisect.bisect_right(self._keyframes, timestamp)
@@ -691,7 +699,7 @@ class ImageGenerator:
         decoded = next(self._decode(trust_all=False), None) if self._dts_clock else self._decode_one_keyframe()
         self._lookahead = None
         self._decoder_live = False
-        self._last_keyframe = None if decoded is None else (timestamp, decoded)
+        self._last_keyframe = None if decoded is None else (timestamp, decoded.pts)
         return decoded
 
     def _decode_one_keyframe(self) -> _Decoded | None:
@@ -770,8 +778,8 @@ class ImageGenerator:
         self._dts_clock = self._container.format.name == "avi"
         self._dts_clock_next: int | None = None
         self._decode_target = None  # the pts being looked for, while one is (see _skippable)
-        # The last keyframe decoded by index entry, and the last image made (by pts and options): kept
-        # for grabs that land on the same frame again.
+        # The last keyframe decoded (index entry and pts) and the last image made (by pts and options):
+        # a grab that lands on the same frame again gets that image (no decoded pixels are kept).
         self._last_keyframe = None
         self._last_image = None
         context = stream.codec_context
