@@ -249,7 +249,7 @@ def long_gop_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _pool_run(root: Path, scenario: Any) -> Any:
+def _pool_run(root: Path, scenario: Any, decode_timeout: float = 30) -> Any:
     """Run ``scenario(pool)`` against a real one-worker pool (its own event loop)."""
     import asyncio
 
@@ -257,7 +257,7 @@ def _pool_run(root: Path, scenario: Any) -> Any:
     from app.pool.process import ProcessDecoderPool
 
     async def main() -> Any:
-        pool = ProcessDecoderPool(Settings(media_root=root, workers=1, decode_timeout=30, queue_limit=64))
+        pool = ProcessDecoderPool(Settings(media_root=root, workers=1, decode_timeout=decode_timeout, queue_limit=64))
         await pool.start()
         try:
             deadline = time.monotonic() + 30
@@ -375,3 +375,21 @@ def test_a_caller_that_goes_away_does_not_cancel_the_pass_it_shares(long_gop_roo
     results, coalesced = _pool_run(long_gop_root, scenario)
     assert coalesced == 2
     assert [r.actual_time for r in results] == [Fraction(20), Fraction(747, 25), Fraction(1)]
+
+
+def test_a_task_of_many_times_gets_a_cpu_budget_for_each(long_gop_root: Path) -> None:
+    """The worker's CPU limit is per time asked for: a pass of 40 grabs (a batch lane, or coalesced
+    grabs) may use what 40 grabs may, where a budget for one (here ~2 CPU-seconds) would kill it."""
+    from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
+    from app.pool.base import GrabTask
+
+    heavy = GrabOptions(  # each image ~0.1 CPU-s: upscaled to 1080p and PNG-encoded
+        render=RenderOptions(width=1920, height=1080, fit="fill"), encode=EncodeOptions(format="png")
+    )
+    times = tuple(f"{n * 0.7:.2f}" for n in range(40))
+
+    async def scenario(pool: Any) -> list[Any]:
+        return [item async for item in pool.grab_many(GrabTask("long.mp4", times, heavy))]
+
+    results = _pool_run(long_gop_root, scenario, decode_timeout=0.5)
+    assert len(results) == 40 and all(r.ok and r.width == 1920 for r in results)

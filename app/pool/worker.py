@@ -128,12 +128,14 @@ def _set_limits(settings: Settings) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _limit_cpu_for_next_task(settings: Settings, threads: int) -> None:
+def _limit_cpu_for_next_task(settings: Settings, threads: int, times: int = 1) -> None:
     """RLIMIT_CPU counts the whole process, so each task gets "used so far + its budget"; a task that
-    spins past it gets SIGXCPU and dies, and the parent reports a timeout."""
+    spins past it gets SIGXCPU and dies, and the parent reports a timeout. The budget is per time the
+    task asks for: a batch lane, or grabs coalesced into one pass, may take as long as that many grabs
+    (the watchdog still stops any of them that stalls)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = int(usage.ru_utime + usage.ru_stime) + 1
-    budget = int(settings.decode_timeout * CPU_SECONDS_PER_TASK_FACTOR * threads) + 1
+    budget = int(settings.decode_timeout * CPU_SECONDS_PER_TASK_FACTOR * threads * max(1, times)) + 1
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CPU, (used + budget, resource.RLIM_INFINITY))
 
@@ -236,7 +238,7 @@ def worker_main(conn: Connection, settings: Settings) -> None:
         if message[0] != "run":
             continue  # a cancel for a task that already finished
         _, task_id, task, threads = message
-        _limit_cpu_for_next_task(settings, threads)
+        _limit_cpu_for_next_task(settings, threads, len(task.times))
         try:
             generator, identity = assets.get(task, settings, threads)
             for item in generator.images_for(list(task.times), ordered=False):
