@@ -668,3 +668,24 @@ def test_hdr_tone_mapping_in_blocks_and_threads_is_the_whole_picture_at_once(
     whole = colour.tone_map_to_sdr(rgb16, **kwargs)
     assert np.array_equal(in_blocks, whole)
     assert np.array_equal(on_two_threads, whole)
+
+
+def test_the_rgb_path_gives_the_same_bytes_on_any_number_of_threads() -> None:
+    """A grab renders on two cores only while the pool is idle: a scaled picture (swscale's slices) or
+    a tone-mapped HDR one (blocks on helper threads) must come out byte for byte as on one core, or
+    one ETag would name two images."""
+    from app.engine.encode import encode_frame
+    from app.engine.options import EncodeOptions
+
+    ramp = np.tile(np.linspace(0.0, 1.0, 640), (360, 1))
+    ramp[100:200, 200:400] = 0.95  # a highlight for the EETF
+    cases = [(_hdr_frame(ramp, transfer), RenderOptions()) for transfer in ("pq", "hlg")]
+    sdr = av.VideoFrame.from_ndarray(np.random.default_rng(3).integers(0, 256, (360, 640, 3), dtype=np.uint8), "rgb24")
+    sdr = sdr.reformat(format="yuv420p")
+    cases += [(sdr, RenderOptions(width=301)), (cases[0][0], RenderOptions(width=333, height=77, fit="cover"))]
+    for frame, options in cases:
+        outputs = {
+            threads: encode_frame(frame, options, EncodeOptions(format="png"), threads=threads)[0]
+            for threads in (1, 2, 3)
+        }
+        assert outputs[1] == outputs[2] == outputs[3], options
