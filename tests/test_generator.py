@@ -266,3 +266,17 @@ def test_grabs_that_land_on_the_last_frame_again_reuse_its_decode_and_image(
         with ImageGenerator(clip, options) as fresh:
             alone = fresh.image_at(t)
         assert (alone.actual_time, alone.image) == (result.actual_time, result.image)
+
+
+def test_a_reused_keyframe_carries_its_image_if_another_render_finishes_meanwhile(clip: Path) -> None:
+    """In a batch, renders finish on a helper thread: the last image made may change between the moment
+    a keyframe is found to be reusable and the moment its image is taken. The image goes with it."""
+    with ImageGenerator(clip, tolerant(None, None)) as generator:
+        first = generator.image_at("2.1")
+        entry = generator._last_keyframe
+        assert entry is not None
+        reused = generator._keyframe_at(next(k for k in generator._keyframes if k == entry[0]))
+        assert reused is not None and reused.image is not None
+        generator._last_image = None  # as if another frame's render had just replaced it
+        image = generator._image_of(reused, pipelined=False).result()
+        assert image[0] == first.image

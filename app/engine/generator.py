@@ -140,13 +140,12 @@ class _Decoded:
 
     frame: av.VideoFrame
     pts: int
+    image: _Rendered | None = None  # its image, when it was made already (then no frame is kept)
 
 
 # Given out by the decoder before a packet that can only show after the target, once the frame on
 # screen at the target is out: the answer is certain without decoding on to the next frame.
 _ANSWER_KNOWN = _Decoded(cast(av.VideoFrame, None), -1)
-# The frame of a _Decoded whose image is already made (see _keyframe_at): no pixels are kept for it.
-_NO_FRAME = cast(av.VideoFrame, None)
 
 _Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
 _ImageKey = tuple[int, RenderOptions, EncodeOptions]  # a frame (pts) and what it was made into
@@ -415,17 +414,14 @@ class ImageGenerator:
                 with contextlib.suppress(Exception):
                     item.render.result()
 
-    def _has_image(self, pts: int) -> bool:
-        last = self._last_image
-        return last is not None and last[0] == (pts, self.options.render, self.options.encode)
-
     def _image_of(self, decoded: _Decoded, pipelined: bool) -> Future[_Rendered]:
         """The frame's image, made now, or the last one made if it was of the same frame with the same
         options (a scrubbing client asks for many times that land on one frame, or one keyframe)."""
         key = (decoded.pts, self.options.render, self.options.encode)
         last = self._last_image
-        if last is not None and last[0] == key:
-            image, width, height, _ = last[1]
+        made = decoded.image or (last[1] if last is not None and last[0] == key else None)
+        if made is not None:
+            image, width, height, _ = made
             done: Future[_Rendered] = Future()
             done.set_result((image, width, height, {"render": 0.0, "encode": 0.0}))
             return done
@@ -680,9 +676,11 @@ class ImageGenerator:
         if isinstance(timestamp, _Decoded):
             return timestamp
         if self._last_keyframe is not None and self._last_keyframe[0] == timestamp:
-            pts = self._last_keyframe[1]
-            if self._has_image(pts):  # the same entry as the last keyframe grab, its image made already
-                return _Decoded(_NO_FRAME, pts)
+            # The same entry as the last keyframe grab: its image, if it is the last one made (taken now,
+            # as a render finishing on the helper thread may replace it before it is used).
+            pts, last = self._last_keyframe[1], self._last_image
+            if last is not None and last[0] == (pts, self.options.render, self.options.encode):
+                return _Decoded(cast(av.VideoFrame, None), pts, last[1])
         # Index entries carry DTS while demuxers such as mov seek by PTS, so seeking to the entry
         # itself can land one GOP early: aim just before the next keyframe entry instead.
         after = bisect.bisect_right(self._keyframes, timestamp)
