@@ -200,10 +200,11 @@ def test_scratch_buffers_give_the_same_planes() -> None:
         assert all(p.shape == e for p, e in zip(reused, (y.shape, u.shape, v.shape), strict=True))
 
 
-@pytest.mark.parametrize("bands", [2, 3, 4])
-@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (720, 1280), (514, 98)])
+@pytest.mark.parametrize("bands", [1, 2, 3, 4])
+@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (720, 1280), (514, 98), (2, 64)])
 def test_conversion_in_bands_gives_the_same_planes(bands: int, height: int, width: int) -> None:
-    """Rows cut into bands converted on helper threads: the same planes as one pass, bit for bit."""
+    """Rows cut into bands converted on helper threads, each band strip by strip (the last strip
+    shorter): the same planes as one pass over the whole picture, bit for bit."""
     rng = np.random.default_rng(height + bands)
     y = rng.integers(0, 256, (height, width), dtype=np.uint8)
     u = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
@@ -274,3 +275,14 @@ def test_small_pictures_are_encoded_whole() -> None:
     y = np.zeros((200, 320), np.uint8)
     u = v = np.full((100, 160), 128, np.uint8)
     assert yuvjpeg.encode_planes((y, u, v), 85, threads=2) == yuvjpeg.encode_planes((y, u, v), 85)
+
+
+def test_scratch_gives_fewer_rows_as_a_view_and_remakes_for_more() -> None:
+    scratch = yuvjpeg.Scratch()
+    full = scratch.get("a", (128, 64), np.int32)
+    short = scratch.get("a", (56, 64), np.int32)
+    assert short.shape == (56, 64) and np.shares_memory(short, full) and short.flags.c_contiguous
+    assert scratch.get("a", (128, 64), np.int32) is full
+    assert scratch.get("a", (129, 64), np.int32).shape == (129, 64)
+    assert not np.shares_memory(scratch.get("a", (128, 32), np.int32), full)
+    assert scratch.get("a", (128, 32), np.uint16).dtype == np.uint16
