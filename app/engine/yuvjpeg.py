@@ -150,13 +150,14 @@ def _thread_scratch(pixels: int, use: str = "planes") -> Scratch:
 
 
 def _mix(scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int, offset: int) -> np.ndarray:
-    """offset + u * ku + v * kv (int32)."""
+    """offset + (u - 128) * ku + (v - 128) * kv (int32) of chroma codes u, v (the 128s folded into the
+    offset: no pass to centre the planes)."""
     out = scratch.get(name, u.shape, np.int32)
-    np.multiply(u, ku, out=out)
+    np.multiply(u, ku, out=out, dtype=np.int32)
     term = scratch.get("term", u.shape, np.int32)
-    np.multiply(v, kv, out=term)
+    np.multiply(v, kv, out=term, dtype=np.int32)
     out += term
-    out += offset
+    out += offset - 128 * (ku + kv)
     return out
 
 
@@ -193,28 +194,28 @@ def jfif_planes(
     if conv.identity:
         return y, u, v
     scratch = scratch or Scratch()
-    cu = scratch.get("u", u.shape, np.int32)
-    np.subtract(u, 128, out=cu, dtype=np.int32)
-    cv = scratch.get("v", v.shape, np.int32)
-    np.subtract(v, 128, out=cv, dtype=np.int32)
     out_y, out_cb, out_cr = out if out is not None else (None, None, None)
-    cb = _chroma(scratch, "cb", cu, cv, conv.cb_u, conv.cb_v, out_cb)
-    cr = _chroma(scratch, "cr", cu, cv, conv.cr_u, conv.cr_v, out_cr)
+    cb = _chroma(scratch, "cb", u, v, conv.cb_u, conv.cb_v, out_cb)
+    cr = _chroma(scratch, "cr", u, v, conv.cr_u, conv.cr_v, out_cr)
     # Luma: Y * gain plus, per 2x2 block, the chroma's correction and the range offset (one sum per
     # chroma sample, widened to full width once, then added to even and odd rows; an odd size's last
-    # column/row has no partner). Kept positive by _BIAS, so uint16 holds it.
-    offset = _mix(scratch, "sum", cu, cv, conv.corr_u, conv.corr_v, conv.luma_offset)
+    # column/row has no partner). Kept positive by _BIAS, so uint16 holds it. Widening is one multiply:
+    # a uint32 of o * 65537 is o in both of its uint16 halves, whatever the byte order.
+    offset = _mix(scratch, "sum", u, v, conv.corr_u, conv.corr_v, conv.luma_offset)
     offset >>= _SHIFT - _LUMA_SHIFT
     rows, cols = offset.shape
-    wide = scratch.get("wide", (rows, cols, 2), np.uint16)
-    wide[:, :, 0] = offset
-    wide[:, :, 1] = offset
+    wide = scratch.get("wide", (rows, cols), np.uint32)
+    np.multiply(offset.view(np.uint32), np.uint32(0x10001), out=wide)
     luma = scratch.get("luma", y.shape, np.uint16)
     np.multiply(y, np.uint16(conv.luma_gain), out=luma, dtype=np.uint16)
     height, width = luma.shape
-    wide_rows = wide.reshape(rows, 2 * cols)[:, :width]
-    luma[0::2] += wide_rows[: (height + 1) // 2]
-    luma[1::2] += wide_rows[: height // 2]
+    wide_rows = wide.view(np.uint16).reshape(rows, 2 * cols)[:, :width]
+    if height == 2 * rows:  # both rows of each block in one pass
+        pairs = luma.reshape(rows, 2, width)
+        pairs += wide_rows[:, None, :]
+    else:
+        luma[0::2] += wide_rows[: (height + 1) // 2]
+        luma[1::2] += wide_rows[: height // 2]
     np.clip(luma, _BIAS << _LUMA_SHIFT, ((_BIAS + 256) << _LUMA_SHIFT) - 1, out=luma)
     luma >>= _LUMA_SHIFT
     luma -= _BIAS
