@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import media, report, scenarios
+from bench.client import client_overhead
 from bench.servers import Origin, Stillframe, process_tree, rss_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         results["server"] = {"start_to_ready_s": round(server.start_seconds, 3), "pid": server.pid}
         print(f"server ready in {server.start_seconds:.2f} s at {server.base_url}; origin on :{origin.port}")
         ctx = scenarios.Context(cfg, cache, stamp, assets, server, origin, tmp)
+        results["client_overhead_ms"] = client_overhead(server.base_url, ctx.grabber)
+        print(f"GET /healthz p50 ms by client: {results['client_overhead_ms']} (the grabs are timed with the first)")
         for name in SCENARIOS:
             if name not in wanted:
                 continue
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{m['nproc']} CPUs ({m['cpu_model']}), load {m['loadavg'][0]:.1f} -> {m['loadavg_end'][0]:.1f}; "
         f"{results['total_seconds']} s in all ({results['setup_seconds']} s making inputs). Results: {out}"
     )
+    if overhead := results.get("client_overhead_ms"):
+        print(f"Grabs timed through one keep-alive http.client connection; GET /healthz p50 ms by client: {overhead}")
     return 0
 
 

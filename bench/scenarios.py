@@ -20,6 +20,7 @@ import httpx
 
 from app.config import Settings
 from bench import baselines
+from bench.client import LeanClient
 from bench.media import Asset, cold_copies
 from bench.servers import Origin, Stillframe, TreeMonitor
 from bench.stats import parse_server_timing, percentile, ratio, summary, timing_breakdown
@@ -104,10 +105,12 @@ class Context:
     origin: Origin
     tmp: Path
     say: Any = print
-    client: httpx.Client = field(init=False)
+    client: httpx.Client = field(init=False)  # jobs and everything but the timed grabs
+    grabber: LeanClient = field(init=False)  # the timed grabs (see bench.client)
 
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.server.base_url, timeout=300)
+        self.grabber = LeanClient(self.server.base_url)
 
     def rng(self, *names: str) -> random.Random:
         return random.Random(zlib.crc32("/".join(names).encode()) ^ self.cfg.seed)
@@ -139,15 +142,15 @@ class Grab:
 def http_grab(ctx: Context, url: str, t: float, **extra: str) -> Grab:
     params = {"url": url, "t": f"{t:.6f}", "format": "jpeg", **extra}
     started = time.perf_counter()
-    response = ctx.client.get("/v1/frame", params=params)
+    status, headers, body = ctx.grabber.get("/v1/frame", params)
     seconds = time.perf_counter() - started
-    actual = response.headers.get("x-actual-time")
+    actual = headers.get("x-actual-time")
     return Grab(
         seconds,
-        response.status_code,
+        status,
         float(actual) if actual else None,
-        parse_server_timing(response.headers.get("server-timing")),
-        response.content if response.status_code != 200 else b"",
+        parse_server_timing(headers.get("server-timing")),
+        body if status != 200 else b"",
     )
 
 
