@@ -4,7 +4,7 @@ Each worker keeps recently used assets open (container, stream, keyframe index) 
 so a second grab from the same video skips the open and the probe. It runs under resource limits
 (address space, open files, CPU time per task) so that a hostile file costs one worker at most.
 
-Protocol over the worker's pipe (parent -> worker): ``("run", task_id, GrabTask, decode_threads)``,
+Protocol, on two pipes (parent -> worker): ``("run", task_id, GrabTask, decode_threads)``,
 ``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
 ``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
 ``("error", task_id, EngineError)`` for a task that failed as a whole, and ``("retire", pid)`` just
@@ -218,8 +218,8 @@ def _cancelled(conn: Connection, task_id: int, pending: list[Any]) -> bool:
     return cancelled
 
 
-def worker_main(conn: Connection, settings: Settings) -> None:
-    """Entry point of a decoder process."""
+def worker_main(conn: Connection, replies: Connection, settings: Settings) -> None:
+    """Entry point of a decoder process: tasks come on ``conn``, all it says goes on ``replies``."""
     tune_allocator()
     _set_limits(settings)
     # Rendering's modules (Pillow, libjpeg-turbo, numpy colour code: ~140 ms) load now, before "ready",
@@ -228,7 +228,7 @@ def worker_main(conn: Connection, settings: Settings) -> None:
 
     assets = _OpenAssets(settings.open_assets_per_worker)
     memory = _MemoryKeeper(settings)
-    conn.send(("ready", os.getpid()))
+    replies.send(("ready", os.getpid()))
     pending: list[Any] = []
     while True:
         message = pending.pop(0) if pending else conn.recv()
@@ -244,18 +244,18 @@ def worker_main(conn: Connection, settings: Settings) -> None:
             for item in generator.images_for(list(task.times), ordered=False):
                 if isinstance(item, FrameResult):
                     item = dataclasses.replace(item, source_identity=identity)
-                conn.send(("item", task_id, item))
+                replies.send(("item", task_id, item))
                 if _cancelled(conn, task_id, pending):
                     break
         except EngineError as exc:
             assets.drop(task)
-            conn.send(("error", task_id, exc))
+            replies.send(("error", task_id, exc))
         except MemoryError:
             assets.drop(task)
-            conn.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
+            replies.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
         if memory.must_retire(assets):
             # Say so before "done", so that no task is sent here again, and make way for a fresh process.
-            conn.send(("retire", os.getpid()))
-            conn.send(("done", task_id))
+            replies.send(("retire", os.getpid()))
+            replies.send(("done", task_id))
             break
-        conn.send(("done", task_id))
+        replies.send(("done", task_id))
