@@ -24,3 +24,15 @@ def test_every_problem_code_is_documented() -> None:
     text = DOCUMENT.read_text()
     for code in ERROR_CODES:
         assert code in text, code
+
+
+def test_get_frame_documents_every_query_parameter_it_reads() -> None:
+    """``GET /v1/frame`` binds its query itself (app.api.frames.frame_query): its document must still
+    name every field of FrameParams, each in the query, required exactly when the model requires it."""
+    from app.schemas import FrameParams
+
+    parameters = create_app().openapi()["paths"]["/v1/frame"]["get"]["parameters"]
+    query = {p["name"]: p for p in parameters if p["in"] == "query"}
+    assert set(query) == set(FrameParams.model_fields)
+    for name, field in FrameParams.model_fields.items():
+        assert query[name]["required"] is field.is_required(), name

@@ -5,21 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.cache import Coalescer, ImageCache
-from app.api.deps import get_app_settings, get_image_cache, get_in_flight, get_pool
+from app.api.deps import FrameServices, get_frame_services
 from app.api.jobs import respond_async, wants_async
 from app.api.problems import problem_responses
-from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.generator import FrameResult
 from app.engine.sources import LocalSource, is_remote, resolve_source
 from app.engine.timeparse import format_fraction
-from app.pool.base import DecoderPool, GrabTask
+from app.pool.base import GrabTask
 from app.schemas import FrameParams
 
 router = APIRouter(tags=["frames"])
@@ -78,14 +78,9 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 async def serve_frame(
-    params: FrameParams,
-    settings: Settings,
-    pool: DecoderPool,
-    cache: ImageCache,
-    in_flight: Coalescer,
-    accept: str | None,
-    if_none_match: str | None,
+    params: FrameParams, services: FrameServices, accept: str | None, if_none_match: str | None
 ) -> Response:
+    settings, pool, cache, in_flight = services.settings, services.pool, services.cache, services.in_flight
     image_format = params.format or negotiate_format(accept)
     # Refuse bad sources here, before any queueing (an SSRF refusal needs no decoder). A local path is
     # a stat: cheaper inline than a hop to the thread pool; DNS is not.
@@ -140,18 +135,48 @@ def image_headers(result: FrameResult, image_format: str) -> dict[str, str]:
     }
 
 
-@router.get("/v1/frame", responses=_IMAGE_RESPONSES, response_class=Response, summary="The image at a time")
+def _documented_query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI parameters FastAPI writes for ``model`` bound as a query model (``Annotated[model,
+    Query()]``), taken from a route made only to be documented."""
+
+    async def documented(params: Any) -> None:
+        """Never called."""
+
+    # (set here, not written in the signature: annotations are strings under __future__.annotations,
+    # and FastAPI could not resolve this function's local ``model``)
+    documented.__annotations__ = {"params": Annotated[model, Query()], "return": None}  # type: ignore[valid-type]
+    probe = FastAPI()
+    probe.add_api_route("/", documented, methods=["GET"])
+    parameters: list[dict[str, Any]] = probe.openapi()["paths"]["/"]["get"]["parameters"]
+    return parameters
+
+
+async def frame_query(request: Request) -> FrameParams:
+    """``GET /v1/frame``'s query, validated by pydantic in one call (~10 us). FastAPI's own binding of a
+    query model looks at every field's annotation again on every request: ~0.3 ms for these 17 fields,
+    as much as the rest of the route. The route documents the parameters as FastAPI would
+    (``_documented_query``); errors are FastAPI's (``RequestValidationError``, a 400 problem)."""
+    try:
+        return FrameParams.model_validate(dict(request.query_params))  # (a repeated name: its last value)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]) from None
+
+
+@router.get(
+    "/v1/frame",
+    responses=_IMAGE_RESPONSES,
+    response_class=Response,
+    summary="The image at a time",
+    openapi_extra={"parameters": _documented_query(FrameParams)},
+)
 async def get_frame(
-    params: Annotated[FrameParams, Query()],
-    settings: Annotated[Settings, Depends(get_app_settings)],
-    pool: Annotated[DecoderPool, Depends(get_pool)],
-    cache: Annotated[ImageCache, Depends(get_image_cache)],
-    in_flight: Annotated[Coalescer, Depends(get_in_flight)],
+    params: Annotated[FrameParams, Depends(frame_query)],
+    services: Annotated[FrameServices, Depends(get_frame_services)],
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Like `AVAssetImageGenerator.image(at:)`: the frame on screen at `t` (exact by default)."""
-    return await serve_frame(params, settings, pool, cache, in_flight, accept, if_none_match)
+    return await serve_frame(params, services, accept, if_none_match)
 
 
 @router.post(
@@ -159,10 +184,7 @@ async def get_frame(
 )
 async def post_frame(
     params: FrameParams,
-    settings: Annotated[Settings, Depends(get_app_settings)],
-    pool: Annotated[DecoderPool, Depends(get_pool)],
-    cache: Annotated[ImageCache, Depends(get_image_cache)],
-    in_flight: Annotated[Coalescer, Depends(get_in_flight)],
+    services: Annotated[FrameServices, Depends(get_frame_services)],
     request: Request,
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -172,4 +194,4 @@ async def post_frame(
     `202` and a one-time job (`Location`) instead of the image."""
     if wants_async(prefer):
         return await respond_async(request, params, accept)
-    return await serve_frame(params, settings, pool, cache, in_flight, accept, if_none_match)
+    return await serve_frame(params, services, accept, if_none_match)
