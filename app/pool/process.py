@@ -92,8 +92,9 @@ class _Run:
 
 
 def _widen(pipe: Connection) -> None:
-    """A worker's results pipe holds 1 MiB (Linux; elsewhere, or past the system's cap, it keeps its
-    size): a typical image goes in one write, whether or not the reader is reading yet."""
+    """The pipe holds 1 MiB (Linux; elsewhere, or past the system's cap, it keeps its size): a typical
+    image goes in one write whether or not the reader is reading yet, and so does the largest task
+    (a job's 1000 times), so that the event loop never waits on a write to a worker."""
     with contextlib.suppress(OSError, AttributeError):
         import fcntl
 
@@ -174,6 +175,7 @@ class ProcessDecoderPool:
         tasks, commands = _CONTEXT.Pipe(duplex=False)  # (read end, write end)
         results, replies = _CONTEXT.Pipe(duplex=False)
         _widen(results)
+        _widen(commands)
         process = _CONTEXT.Process(
             target=worker_main,
             args=(tasks, replies, self.settings),
