@@ -4,7 +4,7 @@ Each worker keeps recently used assets open (container, stream, keyframe index) 
 so a second grab from the same video skips the open and the probe. It runs under resource limits
 (address space, open files, CPU time per task) so that a hostile file costs one worker at most.
 
-Protocol, on two pipes (parent -> worker): ``("run", task_id, GrabTask, decode_threads)``,
+Protocol, one pipe each way. Parent -> worker: ``("run", task_id, GrabTask, decode_threads)``,
 ``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
 ``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
 ``("error", task_id, EngineError)`` for a task that failed as a whole, and ``("retire", pid)`` just
