@@ -53,3 +53,20 @@ def test_helpers_run_the_work() -> None:
         assert [helpers.submit(pow, 2, n).result() for n in range(5)] == [1, 2, 4, 8, 16]
     finally:
         helpers.shutdown()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_in_parallel_gives_every_result_in_item_order(threads: int) -> None:
+    """Shares go to helper threads (every n-th item each); the results come back in the items' order."""
+    from app.engine.parallel import in_parallel
+
+    seen: set[int] = set()
+
+    def work(item: int) -> int:
+        seen.add(threading.get_native_id())
+        return item * item
+
+    assert in_parallel(work, list(range(11)), threads) == [item * item for item in range(11)]
+    assert in_parallel(work, [], threads) == []
+    assert threading.get_native_id() in seen  # the asking thread takes the first share
+    assert (len(seen) > 1) is (threads > 1)  # and helpers the others

@@ -38,16 +38,13 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 
-from app.engine.parallel import helper_threads
-
-T = TypeVar("T")
+from app.engine.parallel import in_parallel
 
 Transfer = Literal["pq", "hlg"]
 
@@ -392,22 +389,7 @@ def tone_map_to_sdr(
         np.take(_output_lut(), part.astype(np.uint16), out=out[block], mode="clip")
 
     out = np.empty((n, 3), np.uint8)
-    peak = max(_in_blocks(linear, blocks, threads), default=0.0)
+    peak = max(in_parallel(linear, blocks, threads), default=0.0)
     tables = _eetf_gain_tables(peak_nits, peak) if tone_map else None
-    _in_blocks(lambda block: sdr(block, tables), blocks, threads)
+    in_parallel(lambda block: sdr(block, tables), blocks, threads)
     return out.reshape(h, w, 3)
-
-
-def _in_blocks(work: Callable[[slice], T], blocks: list[slice], threads: int) -> list[T]:
-    """``work`` on every block: on this thread, and on ``threads - 1`` helpers (every n-th block each)."""
-    threads = max(1, min(threads, len(blocks)))
-    shares = [blocks[first::threads] for first in range(threads)]
-
-    def run(share: list[slice]) -> list[T]:
-        return [work(block) for block in share]
-
-    pending = [helper_threads().submit(run, share) for share in shares[1:]]
-    results = run(shares[0])
-    for future in pending:
-        results += future.result()
-    return results

@@ -17,11 +17,12 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
+_I = TypeVar("_I")
 
 
 def _current_cpu_reader() -> Callable[[], int] | None:
@@ -80,3 +81,19 @@ class HelperThreads:
 @functools.cache
 def helper_threads() -> HelperThreads:
     return HelperThreads(max_workers=3, name="stillframe-band")
+
+
+def in_parallel(work: Callable[[_I], _T], items: Sequence[_I], threads: int) -> list[_T]:
+    """``work`` on every item, in their order: on this thread and on ``threads - 1`` helpers, each
+    taking every n-th item (this thread the first share). One thread: a plain loop."""
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        return [work(item) for item in items]
+    shares = [range(first, len(items), threads) for first in range(threads)]
+
+    def run(share: range) -> list[_T]:
+        return [work(items[index]) for index in share]
+
+    pending = [helper_threads().submit(run, share) for share in shares[1:]]
+    done = [run(shares[0]), *(future.result() for future in pending)]
+    return [done[index % threads][index // threads] for index in range(len(items))]

@@ -32,7 +32,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
 from app.engine import colour
-from app.engine.parallel import helper_threads
+from app.engine.parallel import in_parallel
 from app.engine.render import SCALE_FLAGS, Layout
 
 # (Kr, Kb) of the YUV matrices swscale knows (libswscale's ff_yuv2rgb_coeffs).
@@ -277,10 +277,7 @@ def _jfif_planes_in_bands(
     def convert(band: int) -> None:
         _convert_rows((y, u, v), colorspace, full_range, out, (edges[band], edges[band + 1]), strip_rows)
 
-    helpers = [helper_threads().submit(convert, band) for band in range(1, bands)]
-    convert(0)
-    for helper in helpers:
-        helper.result()
+    in_parallel(convert, range(bands), bands)
     return out
 
 
@@ -367,13 +364,10 @@ def encode_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], quality: in
         return bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
     _, u, v = planes
     cut = top // 2  # chroma rows
-    upper, lower = (y[:top], u[:cut], v[:cut]), (y[top:], u[cut:], v[cut:])
-    if threads > 1:
-        bottom = helper_threads().submit(simplejpeg.encode_jpeg_yuv_planes, *lower, quality=quality)
-        first = bytes(simplejpeg.encode_jpeg_yuv_planes(*upper, quality=quality))
-        second = bytes(bottom.result())
-    else:
-        first, second = (bytes(simplejpeg.encode_jpeg_yuv_planes(*half, quality=quality)) for half in (upper, lower))
+    halves = [(y[:top], u[:cut], v[:cut]), (y[top:], u[cut:], v[cut:])]
+    first, second = in_parallel(
+        lambda half: bytes(simplejpeg.encode_jpeg_yuv_planes(*half, quality=quality)), halves, threads
+    )
     joined = _join_halves(first, second, height, interval)
     return joined if joined is not None else bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
 
