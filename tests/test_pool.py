@@ -393,3 +393,33 @@ def test_a_task_of_many_times_gets_a_cpu_budget_for_each(long_gop_root: Path) ->
 
     results = _pool_run(long_gop_root, scenario, decode_timeout=0.5)
     assert len(results) == 40 and all(r.ok and r.width == 1920 for r in results)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/sys/fs/pipe-max-size").exists() or int(Path("/proc/sys/fs/pipe-max-size").read_text()) < 1 << 20,
+    reason="needs Linux pipes that may hold 1 MiB",
+)
+def test_a_workers_pipes_hold_a_whole_image(long_gop_root: Path) -> None:
+    """Tasks and replies go on pipes widened to 1 MiB (a socket pair stops at ~208 KiB, and a bigger
+    image took a second round trip between the processes): both ends in this process are that wide."""
+    import fcntl
+
+    from app.pool.base import GrabTask
+
+    def widened_pipes() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                    count += fcntl.fcntl(int(fd), fcntl.F_GETPIPE_SZ) >= 1 << 20
+            except OSError:
+                continue
+        return count
+
+    async def scenario(pool: Any) -> int:
+        result = await pool.grab(GrabTask("short.mp4", ("1",)))
+        assert result.image
+        return widened_pipes()
+
+    before = widened_pipes()
+    assert _pool_run(long_gop_root, scenario) - before >= 2  # the tasks' write end, the replies' read end
