@@ -8,6 +8,7 @@ patches, every matrix and range), the same orientation and size, and pixels with
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -140,20 +141,82 @@ def test_plane_transposes_match_pillow(transpose: Image.Transpose) -> None:
     assert np.array_equal(yuvjpeg._PLANE_TRANSPOSES[transpose](plane), expected)
 
 
-def test_fixed_point_matches_the_matrix() -> None:
-    """The integer conversion against the same maths in float64, over every chroma code pair."""
-    u, v = np.meshgrid(np.arange(16, 241, dtype=np.uint8), np.arange(16, 241, dtype=np.uint8))
-    y = np.full((u.shape[0] * 2, u.shape[1] * 2), 126, dtype=np.uint8)
-    colorspace = 1  # ITU709 in swscale's numbering
-    jy, jcb, _jcr = yuvjpeg.jfif_planes(y, u, v, colorspace, full_range=False)
-    src = np.linalg.inv(yuvjpeg._yuv_matrix(0.2126, 0.0722))
-    rgb = src @ np.stack([np.full(u.shape, (126 - 16) / 219), (u - 128.0) / 224, (v - 128.0) / 224]).reshape(3, -1)
-    ref = yuvjpeg._yuv_matrix(0.299, 0.114) @ rgb
-    ref_y = np.clip(np.round(ref[0] * 255), 0, 255).reshape(u.shape)
-    ref_cb = np.clip(np.round(ref[1] * 255 + 128), 0, 255).reshape(u.shape)
-    assert np.abs(jcb.astype(float) - ref_cb).max() <= 1
-    assert np.abs(jy[0::2, 0::2].astype(float) - ref_y).max() <= 1
-    assert np.array_equal(jy[0::2, 0::2], jy[1::2, 1::2])  # one correction per 2x2 block
+def _yuv420p_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
+    frame = av.VideoFrame(y.shape[1], y.shape[0], "yuv420p")
+    for plane, values in zip(frame.planes, (y, u, v), strict=True):
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        rows[:, : plane.width] = values
+    return frame
+
+
+def _yuv_matrix(kr: float, kb: float) -> np.ndarray:
+    """RGB -> (Y, Pb, Pr), Y in [0, 1] and Pb, Pr in [-0.5, 0.5]."""
+    kg = 1.0 - kr - kb
+    return np.array(
+        [
+            [kr, kg, kb],
+            [-kr / (2 * (1 - kb)), -kg / (2 * (1 - kb)), 0.5],
+            [0.5, -kg / (2 * (1 - kr)), -kb / (2 * (1 - kr))],
+        ]
+    )
+
+
+# (swscale's matrix number, Kr, Kb) of every matrix the planes may come in
+_MATRICES = [(1, 0.2126, 0.0722), (5, 0.299, 0.114), (4, 0.30, 0.11), (7, 0.212, 0.087), (9, 0.2627, 0.0593)]
+
+
+@pytest.mark.parametrize(("colorspace", "kr", "kb"), _MATRICES)
+@pytest.mark.parametrize("full_range", [False, True])
+def test_conversion_matches_the_matrix(colorspace: int, kr: float, kb: float, full_range: bool) -> None:
+    """The filter's conversion against the same maths in float64, over every chroma code pair (and
+    luma at both ends of its range): within one code, one correction per 2x2 block."""
+    u, v = np.meshgrid(np.arange(0, 256, dtype=np.uint8), np.arange(0, 256, dtype=np.uint8))
+    rows, cols = u.shape
+    for luma in (16, 126, 235):
+        y = np.full((rows * 2, cols * 2), luma, dtype=np.uint8)
+        jy, jcb, jcr = yuvjpeg._planes(yuvjpeg.jfif_frame(_yuv420p_frame(y, u, v), colorspace, full_range))
+        scale, black = (255.0, 0) if full_range else (219.0, 16)
+        chroma_scale = 255.0 if full_range else 224.0
+        ypbpr = np.stack(
+            [np.full(u.shape, (luma - black) / scale), (u - 128.0) / chroma_scale, (v - 128.0) / chroma_scale]
+        )
+        ref = _yuv_matrix(0.299, 0.114) @ np.linalg.inv(_yuv_matrix(kr, kb)) @ ypbpr.reshape(3, -1)
+        ref_y, ref_cb, ref_cr = (
+            np.clip(np.round(ref[i] * 255 + (0, 128, 128)[i]), 0, 255).reshape(u.shape) for i in range(3)
+        )
+        assert np.abs(jcb.astype(float) - ref_cb).max() <= 1
+        assert np.abs(jcr.astype(float) - ref_cr).max() <= 1
+        assert np.abs(jy[0::2, 0::2].astype(float) - ref_y).max() <= 1
+        assert np.array_equal(jy[0::2, 0::2], jy[1::2, 1::2])  # one correction per 2x2 block
+
+
+def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
+    """Sizes and matrices taken in turns (a graph is kept per size, matrix, range and threads), and
+    from two threads at once: every picture converts as it does alone."""
+    rng = np.random.default_rng(3)
+    cases = []
+    for height, width in ((64, 96), (2, 2), (66, 98), (720, 1280)):
+        y = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        u, v = (rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8) for _ in range(2))
+        for colorspace, full in ((1, False), (9, True)):
+            frame = _yuv420p_frame(y, u, v)
+            alone = [
+                p.copy() for p in yuvjpeg._planes(yuvjpeg._JfifConversion(width, height, colorspace, full, 1)(frame))
+            ]
+            cases.append((frame, colorspace, full, alone))
+
+    def convert_all(threads: int) -> bool:
+        return all(
+            all(
+                np.array_equal(a, b)
+                for a, b in zip(yuvjpeg._planes(yuvjpeg.jfif_frame(f, c, full, threads=threads)), alone, strict=True)
+            )
+            for _ in range(3)
+            for f, c, full, alone in cases
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(convert_all, (1, 2)))
 
 
 def test_encode_frame_picks_the_path(clips: dict[str, Path]) -> None:
@@ -184,35 +247,6 @@ def test_hdr_to_sdr_takes_the_tone_mapping_path() -> None:
     layout, region = plan_frame(frame, RenderOptions())
     assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
     assert yuvjpeg.can_encode(frame, layout, region, "native")
-
-
-def test_scratch_buffers_give_the_same_planes() -> None:
-    """Reused buffers (what a decoder worker does per thread) change nothing, whatever the size."""
-    rng = np.random.default_rng(7)
-    scratch = yuvjpeg.Scratch()
-    for height, width in ((64, 96), (64, 96), (32, 48), (66, 98)):
-        y = rng.integers(0, 256, (height, width), dtype=np.uint8)
-        u = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
-        v = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
-        fresh = yuvjpeg.jfif_planes(y, u, v, 1, False)
-        reused = yuvjpeg.jfif_planes(y, u, v, 1, False, scratch=scratch)
-        assert all(np.array_equal(a, b) for a, b in zip(fresh, reused, strict=True))
-        assert all(p.shape == e for p, e in zip(reused, (y.shape, u.shape, v.shape), strict=True))
-
-
-@pytest.mark.parametrize("bands", [1, 2, 3, 4])
-@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (720, 1280), (514, 98), (2, 64)])
-def test_conversion_in_bands_gives_the_same_planes(bands: int, height: int, width: int) -> None:
-    """Rows cut into bands converted on helper threads, each band strip by strip (the last strip
-    shorter): the same planes as one pass over the whole picture, bit for bit."""
-    rng = np.random.default_rng(height + bands)
-    y = rng.integers(0, 256, (height, width), dtype=np.uint8)
-    u = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
-    v = rng.integers(0, 256, (height // 2, width // 2), dtype=np.uint8)
-    for colorspace, full in ((1, False), (5, True)):  # BT.709 limited, BT.601 full range
-        whole = [p.copy() for p in yuvjpeg.jfif_planes(y, u, v, colorspace, full)]
-        banded = yuvjpeg._jfif_planes_in_bands(y, u, v, colorspace, full, bands)
-        assert all(np.array_equal(a, b) for a, b in zip(whole, banded, strict=True))
 
 
 def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
@@ -275,14 +309,3 @@ def test_small_pictures_are_encoded_whole() -> None:
     y = np.zeros((200, 320), np.uint8)
     u = v = np.full((100, 160), 128, np.uint8)
     assert yuvjpeg.encode_planes((y, u, v), 85, threads=2) == yuvjpeg.encode_planes((y, u, v), 85)
-
-
-def test_scratch_gives_fewer_rows_as_a_view_and_remakes_for_more() -> None:
-    scratch = yuvjpeg.Scratch()
-    full = scratch.get("a", (128, 64), np.int32)
-    short = scratch.get("a", (56, 64), np.int32)
-    assert short.shape == (56, 64) and np.shares_memory(short, full) and short.flags.c_contiguous
-    assert scratch.get("a", (128, 64), np.int32) is full
-    assert scratch.get("a", (129, 64), np.int32).shape == (129, 64)
-    assert not np.shares_memory(scratch.get("a", (128, 32), np.int32), full)
-    assert scratch.get("a", (128, 32), np.uint16).dtype == np.uint16

@@ -6,12 +6,12 @@ back to YCbCr and averages the chroma down to 4:2:0 again: at 1080p about two th
 decoding goes into chroma detail the encoder then throws away. Here the decoded planes are re-expressed
 as JPEG's YCbCr instead, and libjpeg-turbo (simplejpeg) encodes them as they are.
 
-The colour maths is the same linear map the RGB path makes, folded into one step. With the source's
-matrix ``Ms`` (BT.709, BT.601, BT.2020... exactly as ``colour.yuv_matrix`` picks it) and range, a
-JPEG decoder must get back ``RGB = Ms^-1 (Y, Pb, Pr)``, so we write ``(Yj, Pbj, Prj) = M601 Ms^-1 (Y,
-Pb, Pr)``. Grey has no chroma in either matrix, so the chroma rows need chroma only (computed at chroma
-resolution); the luma row is the source luma plus a correction from the chroma (``a12 Pb + a13 Pr``,
-0 for BT.601 sources), added per 2x2 block. Range expansion is one multiply-add, all in fixed point.
+The colour maths is the same linear map the RGB path makes, folded into one step: with the source's
+matrix ``Ms`` (BT.709, BT.601, BT.2020... exactly as ``colour.yuv_matrix`` picks it) and range, a JPEG
+decoder must get back ``RGB = Ms^-1 (Y, Pb, Pr)``, so we write ``(Yj, Pbj, Prj) = M601 Ms^-1 (Y, Pb,
+Pr)``, one chroma sample per 2x2 block of luma. FFmpeg's ``colorspace`` filter makes exactly that map
+(its YUV-to-YUV mode, in SIMD, when primaries and transfer stay as they are): 0.3 ms for a 1080p picture
+on one core, where numpy took 1.5 ms, and within half a code of the exact result.
 
 Used when it gives the same picture: YUV without alpha at any depth or chroma layout (swscale brings it
 to 8-bit 4:2:0), no HDR tone mapping, and a layout that is the frame at its own (even) size plus an optional
@@ -21,13 +21,14 @@ HDR to SDR, other formats) takes the RGB path.
 
 from __future__ import annotations
 
-import functools
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from fractions import Fraction
 
 import av
 import numpy as np
 import simplejpeg
+from av.filter import Graph
 from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
@@ -35,249 +36,78 @@ from app.engine import colour
 from app.engine.parallel import in_parallel
 from app.engine.render import SCALE_FLAGS, Layout
 
-# (Kr, Kb) of the YUV matrices swscale knows (libswscale's ff_yuv2rgb_coeffs).
-_KR_KB: dict[int, tuple[float, float]] = {
-    int(Colorspace.ITU709): (0.2126, 0.0722),
-    int(Colorspace.ITU601): (0.299, 0.114),
-    int(Colorspace.FCC): (0.30, 0.11),
-    int(Colorspace.SMPTE240M): (0.212, 0.087),
-    int(Colorspace.BT2020): (0.2627, 0.0593),
+# The colorspace filter's names for the YUV matrices swscale knows (as ``colour.yuv_matrix`` picks them).
+_FILTER_MATRIX: dict[int, str] = {
+    int(Colorspace.ITU709): "bt709",
+    int(Colorspace.ITU601): "smpte170m",
+    int(Colorspace.FCC): "fcc",
+    int(Colorspace.SMPTE240M): "smpte240m",
+    int(Colorspace.BT2020): "bt2020ncl",
 }
-_JPEG_KR_KB = (0.299, 0.114)  # JFIF: BT.601, full range
+_JFIF_MATRIX = int(Colorspace.ITU601)  # JFIF: BT.601, full range
 
-# Planar YUV formats the planes can come from (other layouts go through swscale to yuv420p first).
-_YUV420P = ("yuv420p", "yuvj420p")
+# Planar and semi-planar YUV formats the planes can come from (swscale brings them to yuv420p first).
 _YUV_FAMILIES = ("yuv", "nv", "p0", "p2", "p4")  # yuv4xxp*, nv12/nv21/nv16..., p010/p016/p210/p410...
 
-
-def _yuv_matrix(kr: float, kb: float) -> np.ndarray:
-    """RGB -> (Y, Pb, Pr), Y in [0, 1] and Pb, Pr in [-0.5, 0.5]."""
-    kg = 1.0 - kr - kb
-    return np.array(
-        [
-            [kr, kg, kb],
-            [-kr / (2 * (1 - kb)), -kg / (2 * (1 - kb)), 0.5],
-            [0.5, -kg / (2 * (1 - kr)), -kb / (2 * (1 - kr))],
-        ]
-    )
+_MIN_BAND_ROWS = 256  # smaller pictures encode in ~1 ms: not worth a hand-off
 
 
-_SHIFT = 12  # fixed-point fraction bits of the chroma coefficients (int32 sums at chroma resolution)
-_LUMA_SHIFT = 7  # ... of the luma sum, so that it fits uint16 (one pass per step over the big plane)
-_BIAS = 96  # codes added to the luma sum so that it never goes below 0 (see _conversion)
+class _JfifConversion:
+    """A filter graph that re-expresses yuv420p frames of one size, matrix and range as JFIF planes.
 
-
-@dataclass(frozen=True)
-class _Conversion:
-    """Source YUV (one matrix and range) -> JFIF YCbCr, as fixed-point integer coefficients.
-
-    With u, v = chroma codes - 128, coefficients in units of 1/2^_SHIFT: Cb = 128 + u * cb_u + v * cb_v
-    (Cr likewise); Yj = Y * luma_gain / 2^_LUMA_SHIFT + offset, where the offset of each chroma sample's
-    2x2 block is ``u * corr_u + v * corr_v + luma_offset`` (``_BIAS`` codes included).
+    Only the matrix and range change: primaries and transfer are given as equal on both sides (and
+    ``fast``), so the filter never goes through linear light and ignores what the frame is tagged with.
     """
 
-    identity: bool  # already JFIF (BT.601, full range): the planes go out as they are
-    luma_gain: int  # in 1/2^_LUMA_SHIFT
-    luma_offset: int
-    corr_u: int
-    corr_v: int
-    cb_u: int
-    cb_v: int
-    cr_u: int
-    cr_v: int
+    def __init__(self, width: int, height: int, colorspace: int, full_range: bool, threads: int) -> None:
+        self.graph = Graph()
+        source = self.graph.add_buffer(
+            width=width, height=height, format=av.VideoFormat("yuv420p"), time_base=Fraction(1, 1)
+        )
+        convert = self.graph.add(
+            "colorspace",
+            ispace=_FILTER_MATRIX[colorspace],
+            irange="pc" if full_range else "tv",
+            space="bt470bg",
+            range="pc",
+            format="yuv420p",
+            iprimaries="bt709",
+            primaries="bt709",
+            itrc="bt709",
+            trc="bt709",
+            fast="1",
+            threads=str(threads),
+        )
+        sink = self.graph.add("buffersink")
+        source.link_to(convert)
+        convert.link_to(sink)
+        self.graph.configure()
 
-
-@functools.lru_cache(maxsize=16)
-def _conversion(colorspace: int, full_range: bool) -> _Conversion:
-    kr, kb = _KR_KB[colorspace]
-    a = _yuv_matrix(*_JPEG_KR_KB) @ np.linalg.inv(_yuv_matrix(kr, kb))
-    # Codes -> JFIF's scale (255 * Y, 255 * Pb): limited range stretches luma 219 -> 255, chroma 224 -> 255.
-    chroma_scale = 1.0 if full_range else 255.0 / 224.0
-    luma_scale, black = (1.0, 0) if full_range else (255.0 / 219.0, 16)
-
-    def fixed(coefficient: float) -> int:
-        return round(coefficient * chroma_scale * (1 << _SHIFT))
-
-    conv = _Conversion(
-        identity=full_range and (kr, kb) == _JPEG_KR_KB,
-        luma_gain=round(luma_scale * (1 << _LUMA_SHIFT)),
-        luma_offset=round((_BIAS + 0.5 - black * luma_scale) * (1 << _SHIFT)),  # + 1/2: rounded when shifted
-        corr_u=fixed(a[0, 1]),
-        corr_v=fixed(a[0, 2]),
-        cb_u=fixed(a[1, 1]),
-        cb_v=fixed(a[1, 2]),
-        cr_u=fixed(a[2, 1]),
-        cr_v=fixed(a[2, 2]),
-    )
-    # The luma sum in 1/2^_LUMA_SHIFT must stay within uint16 and never go below 0.
-    correction = 128 * (abs(conv.corr_u) + abs(conv.corr_v))
-    assert conv.luma_offset - correction >= 0
-    assert (255 * conv.luma_gain) + ((conv.luma_offset + correction) >> (_SHIFT - _LUMA_SHIFT)) + 1 < 2**16
-    return conv
-
-
-class Scratch:
-    """Arrays reused from one frame to the next (by name). Fresh arrays of frame size cost page faults
-    on every grab, ~3 ms at 1080p: as much as the arithmetic. An array is remade only when a request
-    needs more rows than it has (or another row shape or type); fewer rows get a view of its first
-    rows, so that the short last strip of a picture does not remake the full ones."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
-        array = self._arrays.get(name)
-        if array is None or array.dtype != dtype or array.shape[1:] != shape[1:] or array.shape[0] < shape[0]:
-            array = self._arrays[name] = np.empty(shape, dtype)
-        return array if array.shape[0] == shape[0] else array[: shape[0]]
+    def __call__(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self.graph.push(frame)
+        out = self.graph.pull()
+        assert isinstance(out, av.VideoFrame)
+        return out
 
 
 _THREAD = threading.local()
+_CONVERSIONS_KEPT = 4  # per thread: a worker mostly sees a few sizes over and over
 
 
-_SCRATCH_MAX_PIXELS = 3840 * 2160  # larger frames (rare) get buffers of their own, not kept (~45 MiB at 4K)
+def jfif_frame(frame: av.VideoFrame, colorspace: int, full_range: bool, *, threads: int = 1) -> av.VideoFrame:
+    """A yuv420p ``frame`` (in swscale's matrix ``colorspace`` and the given range) as JFIF 4:2:0.
 
-
-def _thread_scratch(pixels: int, use: str = "planes") -> Scratch:
-    """This thread's scratch arrays for one use (whole planes, or a strip's intermediates)."""
-    if pixels > _SCRATCH_MAX_PIXELS:
-        return Scratch()
-    scratch: Scratch | None = getattr(_THREAD, use, None)
-    if scratch is None:
-        scratch = Scratch()
-        setattr(_THREAD, use, scratch)
-    return scratch
-
-
-def _mix(scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int, offset: int) -> np.ndarray:
-    """offset + (u - 128) * ku + (v - 128) * kv (int32) of chroma codes u, v (the 128s folded into the
-    offset: no pass to centre the planes)."""
-    out = scratch.get(name, u.shape, np.int32)
-    np.multiply(u, ku, out=out, dtype=np.int32)
-    term = scratch.get("term", u.shape, np.int32)
-    np.multiply(v, kv, out=term, dtype=np.int32)
-    out += term
-    out += offset - 128 * (ku + kv)
-    return out
-
-
-def _chroma(
-    scratch: Scratch, name: str, u: np.ndarray, v: np.ndarray, ku: int, kv: int, out: np.ndarray | None
-) -> np.ndarray:
-    total = _mix(scratch, "sum", u, v, ku, kv, (128 << _SHIFT) + (1 << (_SHIFT - 1)))  # + 1/2: rounded
-    total >>= _SHIFT
-    np.clip(total, 0, 255, out=total)
-    if out is None:
-        out = scratch.get(name, u.shape, np.uint8)
-    np.copyto(out, total, casting="unsafe")
-    return out
-
-
-def jfif_planes(
-    y: np.ndarray,
-    u: np.ndarray,
-    v: np.ndarray,
-    colorspace: int,
-    full_range: bool,
-    *,
-    scratch: Scratch | None = None,
-    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """4:2:0 planes in the source's matrix and range -> JFIF (BT.601 full range) 4:2:0 planes.
-
-    Integer arithmetic on whole planes, as few passes over the luma as it takes (numpy's look-up
-    tables, fancy indexing, cost ~4 ms on a 1080p plane; each pass here a tenth of that). With
-    ``scratch``, every array (the planes returned included) is one of its buffers; with ``out``, the
-    planes are written there instead.
-    """
-    conv = _conversion(colorspace, full_range)
-    if conv.identity:
-        return y, u, v
-    scratch = scratch or Scratch()
-    out_y, out_cb, out_cr = out if out is not None else (None, None, None)
-    cb = _chroma(scratch, "cb", u, v, conv.cb_u, conv.cb_v, out_cb)
-    cr = _chroma(scratch, "cr", u, v, conv.cr_u, conv.cr_v, out_cr)
-    # Luma: Y * gain plus, per 2x2 block, the chroma's correction and the range offset (one sum per
-    # chroma sample, widened to full width once, then added to even and odd rows; an odd size's last
-    # column/row has no partner). Kept positive by _BIAS, so uint16 holds it. Widening is one multiply:
-    # a uint32 of o * 65537 is o in both of its uint16 halves, whatever the byte order.
-    offset = _mix(scratch, "sum", u, v, conv.corr_u, conv.corr_v, conv.luma_offset)
-    offset >>= _SHIFT - _LUMA_SHIFT
-    rows, cols = offset.shape
-    wide = scratch.get("wide", (rows, cols), np.uint32)
-    np.multiply(offset.view(np.uint32), np.uint32(0x10001), out=wide)
-    luma = scratch.get("luma", y.shape, np.uint16)
-    np.multiply(y, np.uint16(conv.luma_gain), out=luma, dtype=np.uint16)
-    height, width = luma.shape
-    wide_rows = wide.view(np.uint16).reshape(rows, 2 * cols)[:, :width]
-    if height == 2 * rows:  # both rows of each block in one pass
-        pairs = luma.reshape(rows, 2, width)
-        pairs += wide_rows[:, None, :]
-    else:
-        luma[0::2] += wide_rows[: (height + 1) // 2]
-        luma[1::2] += wide_rows[: height // 2]
-    np.clip(luma, _BIAS << _LUMA_SHIFT, ((_BIAS + 256) << _LUMA_SHIFT) - 1, out=luma)
-    luma >>= _LUMA_SHIFT
-    luma -= _BIAS
-    if out_y is None:
-        out_y = scratch.get("y", y.shape, np.uint8)
-    np.copyto(out_y, luma, casting="unsafe")
-    return out_y, cb, cr
-
-
-_MIN_BAND_ROWS = 256  # smaller pictures convert in ~1 ms: not worth a hand-off
-# Luma rows converted in one go on one core. The conversion makes ~20 passes over its arrays; over
-# whole planes each pass goes out to memory and back, over a strip (1 MiB of intermediates at 1920
-# wide) they stay in the core's cache. A 1080p keyframe grab on one core renders in 5.0 ms instead
-# of 7.3 (720p: 2.3 instead of 2.9). Not in bands on several cores, where the ~20 numpy calls per
-# strip hand the GIL back and forth between the threads (1080p on two: 3.7 ms in two whole bands,
-# 4.7-6.6 ms in strips).
-_STRIP_ROWS = 128
-
-
-def _convert_rows(
-    planes: tuple[np.ndarray, np.ndarray, np.ndarray],
-    colorspace: int,
-    full_range: bool,
-    out: tuple[np.ndarray, np.ndarray, np.ndarray],
-    chroma_rows: tuple[int, int],
-    strip_rows: int,
-) -> None:
-    """``jfif_planes`` of the rows of ``planes`` that go with chroma rows [c0, c1), ``strip_rows``
-    luma rows at a time, into the same rows of ``out``."""
-    y, u, v = planes
-    scratch = _thread_scratch(y.size, "strip")
-    first, end = chroma_rows
-    for c0 in range(first, end, strip_rows // 2):
-        c1 = min(end, c0 + strip_rows // 2)
-        l0, l1 = 2 * c0, min(2 * c1, y.shape[0])  # an odd height's last chroma row has one luma row
-        strip = (y[l0:l1], u[c0:c1], v[c0:c1])
-        jfif_planes(*strip, colorspace, full_range, scratch=scratch, out=(out[0][l0:l1], out[1][c0:c1], out[2][c0:c1]))
-
-
-def _jfif_planes_in_bands(
-    y: np.ndarray, u: np.ndarray, v: np.ndarray, colorspace: int, full_range: bool, bands: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``jfif_planes`` of a whole picture into this thread's scratch planes: in strips on one core (see
-    ``_STRIP_ROWS``), or cut into bands of rows converted side by side on helper threads (numpy lets go
-    of the GIL)."""
-    if _conversion(colorspace, full_range).identity:
-        return y, u, v
-    bands = max(1, min(bands, 4, y.shape[0] // _MIN_BAND_ROWS))
-    scratch = _thread_scratch(y.size)
-    out = (
-        scratch.get("band_y", y.shape, np.uint8),
-        scratch.get("band_cb", u.shape, np.uint8),
-        scratch.get("band_cr", v.shape, np.uint8),
-    )
-    edges = [u.shape[0] * band // bands for band in range(bands + 1)]  # in chroma rows
-
-    strip_rows = _STRIP_ROWS if bands == 1 else y.shape[0]
-
-    def convert(band: int) -> None:
-        _convert_rows((y, u, v), colorspace, full_range, out, (edges[band], edges[band + 1]), strip_rows)
-
-    in_parallel(convert, range(bands), bands)
+    Graphs are kept per thread (a graph serves one thread at a time), by size, matrix, range and threads;
+    one that fails is dropped, so that no frame of a failed call can come out of the next one."""
+    conversions: OrderedDict[tuple[int, ...], _JfifConversion] | None = getattr(_THREAD, "conversions", None)
+    if conversions is None:
+        conversions = _THREAD.conversions = OrderedDict()
+    key = (frame.width, frame.height, colorspace, int(full_range), threads)
+    conversion = conversions.pop(key, None) or _JfifConversion(*key[:3], full_range, threads)
+    out = conversion(frame)
+    conversions[key] = conversion  # (kept only once it has worked)
+    while len(conversions) > _CONVERSIONS_KEPT:
+        conversions.popitem(last=False)
     return out
 
 
@@ -328,12 +158,12 @@ def jfif_frame_planes(
     frame: av.VideoFrame, layout: Layout, *, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). Another depth or
-    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_planes``,
-    on ``threads`` cores for a big picture. The planes are this thread's scratch buffers (or the
-    frame's own): encode them before the next call."""
+    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_frame``.
+    ``threads``: cores either may use."""
     colorspace = int(colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height))
     full = colour.is_full_range(int(frame.color_range), frame.format.name)
-    if frame.format.name not in _YUV420P:
+    identity = colorspace == _JFIF_MATRIX and full  # already JFIF: the planes go out as they are
+    if frame.format.name != "yuv420p" and not (identity and frame.format.name == "yuvj420p"):
         color_range = ColorRange.JPEG if full else ColorRange.MPEG
         frame = frame.reformat(
             format="yuv420p",
@@ -344,7 +174,7 @@ def jfif_frame_planes(
             interpolation=SCALE_FLAGS,
             threads=threads,
         )
-    y, u, v = _jfif_planes_in_bands(*_planes(frame), colorspace, full, threads)
+    y, u, v = _planes(frame if identity else jfif_frame(frame, colorspace, full, threads=threads))
     if layout.transpose is not None:
         turn = _PLANE_TRANSPOSES[layout.transpose]
         y, u, v = (np.ascontiguousarray(turn(plane)) for plane in (y, u, v))
