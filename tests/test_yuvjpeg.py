@@ -141,10 +141,10 @@ def test_plane_transposes_match_pillow(transpose: Image.Transpose) -> None:
     assert np.array_equal(yuvjpeg._PLANE_TRANSPOSES[transpose](plane), expected)
 
 
-def _yuv420p_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
-    frame = av.VideoFrame(y.shape[1], y.shape[0], "yuv420p")
+def _yuv420p_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray, pix_fmt: str = "yuv420p") -> av.VideoFrame:
+    frame = av.VideoFrame(y.shape[1], y.shape[0], pix_fmt)
     for plane, values in zip(frame.planes, (y, u, v), strict=True):
-        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        rows = np.frombuffer(memoryview(plane), values.dtype).reshape(plane.height, -1)
         rows[:, : plane.width] = values
     return frame
 
@@ -167,18 +167,24 @@ _MATRICES = [(1, 0.2126, 0.0722), (5, 0.299, 0.114), (4, 0.30, 0.11), (7, 0.212,
 
 @pytest.mark.parametrize(("colorspace", "kr", "kb"), _MATRICES)
 @pytest.mark.parametrize("full_range", [False, True])
-def test_conversion_matches_the_matrix(colorspace: int, kr: float, kb: float, full_range: bool) -> None:
-    """The filter's conversion against the same maths in float64, over every chroma code pair (and
-    luma at both ends of its range): within one code, one correction per 2x2 block."""
-    u, v = np.meshgrid(np.arange(0, 256, dtype=np.uint8), np.arange(0, 256, dtype=np.uint8))
+@pytest.mark.parametrize("depth", [8, 10])
+def test_conversion_matches_the_matrix(colorspace: int, kr: float, kb: float, full_range: bool, depth: int) -> None:
+    """The filter's conversion against the same maths in float64, over every 8-bit chroma code pair (in
+    steps of 4 at 10 bits, straight from the 10-bit codes) and luma at both ends of its range: within
+    one code, one correction per 2x2 block."""
+    step = 1 << (depth - 8)
+    dtype = np.uint8 if depth == 8 else np.uint16
+    u, v = np.meshgrid(np.arange(0, 256 * step, step, dtype=dtype), np.arange(0, 256 * step, step, dtype=dtype))
     rows, cols = u.shape
     for luma in (16, 126, 235):
-        y = np.full((rows * 2, cols * 2), luma, dtype=np.uint8)
-        jy, jcb, jcr = yuvjpeg._planes(yuvjpeg.jfif_frame(_yuv420p_frame(y, u, v), colorspace, full_range))
-        scale, black = (255.0, 0) if full_range else (219.0, 16)
-        chroma_scale = 255.0 if full_range else 224.0
+        y = np.full((rows * 2, cols * 2), luma * step, dtype=dtype)
+        frame = _yuv420p_frame(y, u, v, "yuv420p" if depth == 8 else "yuv420p10le")
+        jy, jcb, jcr = yuvjpeg._planes(yuvjpeg.jfif_frame(frame, colorspace, full_range))
+        scale, black = (255.0 * step if depth == 8 else 1023.0, 0) if full_range else (219.0 * step, 16 * step)
+        chroma_scale = (255.0 * step if depth == 8 else 1023.0) if full_range else 224.0 * step
+        centre = 128.0 * step
         ypbpr = np.stack(
-            [np.full(u.shape, (luma - black) / scale), (u - 128.0) / chroma_scale, (v - 128.0) / chroma_scale]
+            [np.full(u.shape, (luma * step - black) / scale), (u - centre) / chroma_scale, (v - centre) / chroma_scale]
         )
         ref = _yuv_matrix(0.299, 0.114) @ np.linalg.inv(_yuv_matrix(kr, kb)) @ ypbpr.reshape(3, -1)
         ref_y, ref_cb, ref_cr = (
@@ -201,7 +207,8 @@ def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
         for colorspace, full in ((1, False), (9, True)):
             frame = _yuv420p_frame(y, u, v)
             alone = [
-                p.copy() for p in yuvjpeg._planes(yuvjpeg._JfifConversion(width, height, colorspace, full, 1)(frame))
+                p.copy()
+                for p in yuvjpeg._planes(yuvjpeg._JfifConversion(width, height, "yuv420p", colorspace, full, 1)(frame))
             ]
             cases.append((frame, colorspace, full, alone))
 

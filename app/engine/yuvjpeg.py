@@ -49,20 +49,24 @@ _JFIF_MATRIX = int(Colorspace.ITU601)  # JFIF: BT.601, full range
 # Planar and semi-planar YUV formats the planes can come from (swscale brings them to yuv420p first).
 _YUV_FAMILIES = ("yuv", "nv", "p0", "p2", "p4")  # yuv4xxp*, nv12/nv21/nv16..., p010/p016/p210/p410...
 
+# What the colorspace filter converts as it is: 4:2:0 at 8, 10 and 12 bits (into 8: one rounding, where
+# swscale's pass to 8 bits first would dither, then the filter round again: 4K 10-bit 5.7 -> 1.0 ms).
+_FILTER_INPUTS = ("yuv420p", "yuv420p10le", "yuv420p12le")
+
 _MIN_BAND_ROWS = 256  # smaller pictures encode in ~1 ms: not worth a hand-off
 
 
 class _JfifConversion:
-    """A filter graph that re-expresses yuv420p frames of one size, matrix and range as JFIF planes.
+    """A filter graph that re-expresses 4:2:0 frames of one size, depth, matrix and range as JFIF planes.
 
     Only the matrix and range change: primaries and transfer are given as equal on both sides (and
     ``fast``), so the filter never goes through linear light and ignores what the frame is tagged with.
     """
 
-    def __init__(self, width: int, height: int, colorspace: int, full_range: bool, threads: int) -> None:
+    def __init__(self, width: int, height: int, pix_fmt: str, colorspace: int, full_range: bool, threads: int) -> None:
         self.graph = Graph()
         source = self.graph.add_buffer(
-            width=width, height=height, format=av.VideoFormat("yuv420p"), time_base=Fraction(1, 1)
+            width=width, height=height, format=av.VideoFormat(pix_fmt), time_base=Fraction(1, 1)
         )
         convert = self.graph.add(
             "colorspace",
@@ -95,15 +99,16 @@ _CONVERSIONS_KEPT = 4  # per thread: a worker mostly sees a few sizes over and o
 
 
 def jfif_frame(frame: av.VideoFrame, colorspace: int, full_range: bool, *, threads: int = 1) -> av.VideoFrame:
-    """A yuv420p ``frame`` (in swscale's matrix ``colorspace`` and the given range) as JFIF 4:2:0.
+    """A 4:2:0 ``frame`` (one of ``_FILTER_INPUTS``, in swscale's matrix ``colorspace`` and the given
+    range) as 8-bit JFIF 4:2:0.
 
-    Graphs are kept per thread (a graph serves one thread at a time), by size, matrix, range and threads;
+    Graphs are kept per thread (a graph serves one thread at a time), by size, format, matrix, range and threads;
     one that fails is dropped, so that no frame of a failed call can come out of the next one."""
-    conversions: OrderedDict[tuple[int, ...], _JfifConversion] | None = getattr(_THREAD, "conversions", None)
+    conversions: OrderedDict[tuple[object, ...], _JfifConversion] | None = getattr(_THREAD, "conversions", None)
     if conversions is None:
         conversions = _THREAD.conversions = OrderedDict()
-    key = (frame.width, frame.height, colorspace, int(full_range), threads)
-    conversion = conversions.pop(key, None) or _JfifConversion(*key[:3], full_range, threads)
+    key = (frame.width, frame.height, frame.format.name, colorspace, full_range, threads)
+    conversion = conversions.pop(key, None) or _JfifConversion(*key)
     out = conversion(frame)
     conversions[key] = conversion  # (kept only once it has worked)
     while len(conversions) > _CONVERSIONS_KEPT:
@@ -157,13 +162,14 @@ def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_ran
 def jfif_frame_planes(
     frame: av.VideoFrame, layout: Layout, *, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). Another depth or
-    chroma layout becomes yuv420p in swscale, YUV to YUV; the matrix and range change in ``jfif_frame``.
+    """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). Another chroma layout
+    or pixel format becomes yuv420p in swscale, YUV to YUV; the matrix, range and depth change in ``jfif_frame``.
     ``threads``: cores either may use."""
     colorspace = int(colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height))
     full = colour.is_full_range(int(frame.color_range), frame.format.name)
-    identity = colorspace == _JFIF_MATRIX and full  # already JFIF: the planes go out as they are
-    if frame.format.name != "yuv420p" and not (identity and frame.format.name == "yuvj420p"):
+    # already JFIF: the planes go out as they are
+    identity = colorspace == _JFIF_MATRIX and full and frame.format.name in ("yuv420p", "yuvj420p")
+    if frame.format.name not in _FILTER_INPUTS and not identity:
         color_range = ColorRange.JPEG if full else ColorRange.MPEG
         frame = frame.reformat(
             format="yuv420p",
