@@ -377,6 +377,30 @@ def test_a_caller_that_goes_away_does_not_cancel_the_pass_it_shares(long_gop_roo
     assert [r.actual_time for r in results] == [Fraction(20), Fraction(747, 25), Fraction(1)]
 
 
+def test_a_worker_is_told_to_stop_only_a_pass_with_work_left(long_gop_root: Path) -> None:
+    """A grab whose image came is over when its caller leaves: no cancel goes to the worker. A batch
+    left after its first image is stopped (once), and the worker takes the next grab."""
+    import asyncio
+    import contextlib
+
+    from app.pool.base import GrabTask
+
+    async def scenario(pool: Any) -> tuple[int, int, Any]:
+        await pool.grab(GrabTask("long.mp4", ("1",)))
+        await pool.grab(GrabTask("long.mp4", ("2",)))
+        after_grabs = pool.stopped
+        times = tuple(f"{n * 0.7:.2f}" for n in range(40))
+        async with contextlib.aclosing(pool.grab_many(GrabTask("long.mp4", times))) as items:
+            async for _ in items:
+                break
+        after_batch = pool.stopped
+        return after_grabs, after_batch, await asyncio.wait_for(pool.grab(GrabTask("long.mp4", ("3",))), 30)
+
+    after_grabs, after_batch, last = _pool_run(long_gop_root, scenario)
+    assert (after_grabs, after_batch) == (0, 1)
+    assert last.actual_time == Fraction(3)
+
+
 def test_a_task_of_many_times_gets_a_cpu_budget_for_each(long_gop_root: Path) -> None:
     """The worker's CPU limit is per time asked for: a pass of 40 grabs (a batch lane, or coalesced
     grabs) may use what 40 grabs may, where a budget for one (here ~2 CPU-seconds) would kill it."""

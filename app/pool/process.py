@@ -57,7 +57,11 @@ class _Task:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     answered: bool = False  # a result or an error went to the caller
+    outstanding: int = -1  # times not yet answered (set from the task)
     solo: bool = False  # back from a failed coalesced pass: runs on its own
+
+    def __post_init__(self) -> None:
+        self.outstanding = len(self.task.times)
 
     def coalesces_with(self, other: _Task) -> bool:
         return (
@@ -138,6 +142,7 @@ class ProcessDecoderPool:
         self._in_flight = 0
         self.submitted = 0  # tasks accepted since start (for operators and tests)
         self.coalesced = 0  # of those, grabs that ran in another grab's pass
+        self.stopped = 0  # passes a worker was told to stop (every caller gone with times left)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,7 +297,10 @@ class ProcessDecoderPool:
         for worker in self._workers:
             run = worker.running
             if run is not None and entry in run.members:
-                if all(member.cancelled for member in run.members):  # nobody left waiting for this pass
+                # Nobody left waiting for this pass, and it has work left (a grab whose one image came
+                # is over: its caller leaving is no reason to message the worker)
+                if all(member.cancelled for member in run.members) and any(m.outstanding for m in run.members):
+                    self.stopped += 1
                     worker.send(("cancel", run.id))
             elif entry in worker.backlog:
                 worker.backlog.remove(entry)
@@ -330,6 +338,8 @@ class ProcessDecoderPool:
         if kind == "item":
             item = message[2]
             member = run.member_for(item.index)
+            if member is not None:
+                member.outstanding -= 1
             if member is not None and not member.cancelled:
                 member.answered = True
                 member.queue.put_nowait(("item", dataclasses.replace(item, index=0) if run.coalesced else item))
