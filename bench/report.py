@@ -81,7 +81,14 @@ def table(results: dict[str, Any]) -> list[str]:
                 continue
             cli = (block.get(cli_key) or {}).get("p50_ms")
             floor = (block.get("floor") or {}).get("p50_ms")
-            methods = ("stillframe_warm", "stillframe_warm_decoded", "stillframe_cold", "naive_pyav", cli_key)
+            methods = (
+                "stillframe_warm",
+                "stillframe_warm_decoded",
+                "stillframe_one_core",
+                "stillframe_cold",
+                "naive_pyav",
+                cli_key,
+            )
             for method in (*methods, "floor", "floor_threads"):
                 m = block.get(method)
                 if not m:
@@ -254,11 +261,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     b = (sc.get("keyframe") or {}).get("1080p_gop2")
     if isinstance(b, dict) and "stillframe_warm" in b:
         s = _keyframe_p50(b)
-        add(
-            "keyframe grab of 1080p < 40 ms p50 warm, JPEG included (1080p_gop2)",
-            s is not None and s < 40,
-            f"{s} ms over the grabs that decoded (floor: one keyframe decode {b['floor']['p50_ms']} ms)",
-        )
+        one = b.get("stillframe_one_core") or {}
+        if one.get("n"):  # the target's own condition: the server on one core
+            add(
+                "keyframe grab of 1080p < 40 ms p50 warm on one core, JPEG included (1080p_gop2)",
+                one["p50_ms"] < 40,
+                f"{one['p50_ms']} ms with the server on core {one.get('server_cores')} ({s} ms on all cores; "
+                f"floor: one keyframe decode {b['floor']['p50_ms']} ms)",
+            )
+        else:
+            add(
+                "keyframe grab of 1080p < 40 ms p50 warm, JPEG included (1080p_gop2)",
+                s is not None and s < 40,
+                f"{s} ms over the grabs that decoded, on all cores ({one.get('skipped', 'one core not measured')}; "
+                f"floor: one keyframe decode {b['floor']['p50_ms']} ms)",
+            )
     batch = sc.get("batch")
     if isinstance(batch, dict) and "ratios" in batch:
         r = batch["ratios"]

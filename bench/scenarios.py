@@ -6,6 +6,7 @@ import asyncio
 import cProfile
 import io
 import json
+import os
 import pstats
 import random
 import resource
@@ -22,7 +23,7 @@ from app.config import Settings
 from bench import baselines
 from bench.client import LeanClient
 from bench.media import Asset, cold_copies
-from bench.servers import Origin, Stillframe, TreeMonitor
+from bench.servers import Origin, Stillframe, TreeMonitor, process_tree
 from bench.stats import parse_server_timing, percentile, ratio, summary, timing_breakdown
 
 
@@ -64,6 +65,7 @@ class Config:
         "hevc10_2160p_gop2",
     )
     keyframe_assets: tuple[str, ...] = ("720p_gop2", "1080p_gop2", "720p_gop10", "1080p_gop10", "hevc10_2160p_gop2")
+    one_core_asset: str = "1080p_gop2"  # the keyframe grab measured again with the server on one core
     naive_skip: tuple[str, ...] = ()  # assets the naive script is not run on
     batch_asset: str = "1080p_gop2"
     remote_assets: tuple[str, ...] = ("1080p_gop2", "1080p_gop2_moovend")
@@ -139,10 +141,10 @@ class Grab:
     body: bytes
 
 
-def http_grab(ctx: Context, url: str, t: float, **extra: str) -> Grab:
+def http_grab(ctx: Context, url: str, t: float, *, client: LeanClient | None = None, **extra: str) -> Grab:
     params = {"url": url, "t": f"{t:.6f}", "format": "jpeg", **extra}
     started = time.perf_counter()
-    status, headers, body = ctx.grabber.get("/v1/frame", params)
+    status, headers, body = (client or ctx.grabber).get("/v1/frame", params)
     seconds = time.perf_counter() - started
     actual = headers.get("x-actual-time")
     return Grab(
@@ -374,7 +376,46 @@ def scenario_keyframe(ctx: Context) -> dict[str, Any]:
             f"  keyframe {key:<24} stillframe {s} ms ({d} ms over the {len(decoded)} that decoded; {reused} reused "
             f"the grab before's keyframe)  cli -skip_frame nokey {c} ms  floor {f} ms"
         )
+        if key == cfg.one_core_asset:
+            block["stillframe_one_core"] = _keyframe_on_one_core(ctx, asset, times)
+            one = block["stillframe_one_core"]
+            ctx.say(f"  keyframe {key:<24} on one core: {one.get('p50_ms', one.get('skipped'))} ms")
     return out
+
+
+def _keyframe_on_one_core(ctx: Context, asset: Asset, times: list[float]) -> dict[str, Any]:
+    """The 1080p target's own condition: the same keyframe grabs from a server confined to one core
+    (API process and its one decoder worker, one decoder thread), the client (this process) on the
+    other cores so that it does not take the server's. Only grabs that decoded are counted."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return {"skipped": "needs two cores: one for the server, the rest for the client"}
+    server = Stillframe(
+        ctx.cache,
+        origin_port=None,
+        log_path=ctx.cache / "server-one-core.log",
+        workers=1,
+        cpus={allowed[0]},
+        extra_env={"STILLFRAME_DECODE_THREADS": "1"},
+    )
+    client = LeanClient(server.base_url)
+    os.sched_setaffinity(0, set(allowed[1:]))
+    try:
+        decoded: list[float] = []
+        timings: list[dict[str, float]] = []
+        http_grab(ctx, asset.rel, times[0], client=client, tolerance="inf")  # warm: open the asset
+        for t in times[1:]:
+            grab = http_grab(ctx, asset.rel, t, client=client, tolerance="inf")
+            if grab.status == 200 and not (grab.timing.get("render") == 0 and grab.timing.get("encode") == 0):
+                decoded.append(grab.seconds)
+                timings.append(grab.timing)
+        # (checked, not assumed: every process of the server, its decoder worker included)
+        server_cores = sorted(set().union(*(os.sched_getaffinity(pid) for pid in process_tree(server.pid))))
+    finally:
+        os.sched_setaffinity(0, set(allowed))
+        client.close()
+        server.stop()
+    return _method_block(decoded, server_cores=server_cores, server_timing_p50_ms=timing_breakdown(timings))
 
 
 # ---------------------------------------------------------------------------------------------- 3. batch

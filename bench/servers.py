@@ -147,7 +147,10 @@ class Stillframe:
         log_path: Path,
         workers: int | None = None,
         data_dir: Path | None = None,
+        cpus: set[int] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        """``cpus``: the cores the server (its decoder workers included: they inherit it) may run on."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "STILLFRAME_MEDIA_ROOT": str(media_root)}
@@ -156,6 +159,7 @@ class Stillframe:
             env["STILLFRAME_ALLOWED_PORTS"] = f"80,443,{origin_port}"
         if workers is not None:
             env["STILLFRAME_WORKERS"] = str(workers)
+        env.update(extra_env or {})
         if data_dir is not None:  # the job store: not the repository's ./data
             data_dir.mkdir(parents=True, exist_ok=True)
             env["STILLFRAME_DATA_DIR"] = str(data_dir)
@@ -181,6 +185,8 @@ class Stillframe:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        if cpus is not None:  # now, long before its decoder workers start (they inherit it)
+            os.sched_setaffinity(self.process.pid, cpus)
         deadline = time.monotonic() + 90
         while True:
             if self.process.poll() is not None:
