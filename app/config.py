@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine.options import DEFAULT_AVIF_SPEED, DEFAULT_WEBP_METHOD
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -42,6 +44,12 @@ class Settings(BaseSettings):
     max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
+    webp_method: int = Field(
+        default=DEFAULT_WEBP_METHOD, ge=0, le=6, description="libwebp effort, 0 (fastest) to 6 (smallest)."
+    )
+    avif_speed: int = Field(
+        default=DEFAULT_AVIF_SPEED, ge=0, le=10, description="libavif speed, 0 (smallest) to 10 (fastest)."
+    )
 
     # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Decoder processes.")

@@ -20,7 +20,7 @@ from bench.client import client_overhead
 from bench.servers import Origin, Stillframe, process_tree, rss_bytes
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("exact", "keyframe", "batch", "remote", "throughput", "profile")
+SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "throughput", "profile")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

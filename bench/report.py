@@ -107,6 +107,23 @@ def table(results: dict[str, Any]) -> list[str]:
                         _fmt(ratio(m.get("p50_ms"), floor), 2) if mine else "",
                     )
                 )
+    formats = sc.get("formats")
+    if isinstance(formats, dict) and "http" in formats:
+        jpeg = (formats["http"].get("jpeg") or {}).get("p50_ms")
+        for fmt, m in formats["http"].items():
+            rows.append(
+                (
+                    "formats",
+                    formats["asset"],
+                    f"{fmt} keyframe grab, {m.get('bytes_p50')} B",
+                    str(m.get("n")),
+                    _fmt(m.get("p50_ms")),
+                    _fmt(m.get("p90_ms")),
+                    _fmt(m.get("p99_ms")),
+                    "",
+                    f"{_fmt(ratio(m.get('p50_ms'), jpeg), 2)} x jpeg",
+                )
+            )
     batch = sc.get("batch")
     if isinstance(batch, dict) and "span_decode" in batch:
         span = batch["span_decode"]["seconds"]

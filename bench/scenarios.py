@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
+import numpy as np
 
 from app.config import Settings
 from bench import baselines
@@ -66,6 +68,9 @@ class Config:
     )
     keyframe_assets: tuple[str, ...] = ("720p_gop2", "1080p_gop2", "720p_gop10", "1080p_gop10", "hevc10_2160p_gop2")
     one_core_asset: str = "1080p_gop2"  # the keyframe grab measured again with the server on one core
+    formats_asset: str = "1080p_gop2"
+    formats_samples: int = 8  # keyframe grabs per output format
+    effort_frames: int = 6  # frames the encoder-effort sweep encodes (the asset's, then real media's)
     naive_skip: tuple[str, ...] = ()  # assets the naive script is not run on
     batch_asset: str = "1080p_gop2"
     remote_assets: tuple[str, ...] = ("1080p_gop2", "1080p_gop2_moovend")
@@ -92,6 +97,8 @@ class Config:
             exact_assets=("720p_gop2", "1080p_gop2"),
             cold_assets=("1080p_gop2",),
             keyframe_assets=("720p_gop2", "1080p_gop2"),
+            formats_samples=3,
+            effort_frames=1,
             remote_assets=("1080p_gop2",),
             mix_assets=("720p_gop2", "1080p_gop2"),
         )
@@ -138,7 +145,8 @@ class Grab:
     status: int
     actual: float | None
     timing: dict[str, float]
-    body: bytes
+    body: bytes  # (only an error's: a problem)
+    size: int  # bytes of the body
 
 
 def http_grab(ctx: Context, url: str, t: float, *, client: LeanClient | None = None, **extra: str) -> Grab:
@@ -153,6 +161,7 @@ def http_grab(ctx: Context, url: str, t: float, *, client: LeanClient | None = N
         float(actual) if actual else None,
         parse_server_timing(headers.get("server-timing")),
         body if status != 200 else b"",
+        len(body),
     )
 
 
@@ -416,6 +425,110 @@ def _keyframe_on_one_core(ctx: Context, asset: Asset, times: list[float]) -> dic
         client.close()
         server.stop()
     return _method_block(decoded, server_cores=server_cores, server_timing_p50_ms=timing_breakdown(timings))
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+OUTPUT_FORMATS = ("jpeg", "webp", "avif", "png")
+# The encoder-effort sweep behind the WebP and AVIF defaults (app.engine.options): each setting over the
+# same frames, JPEG at its default as the reference.
+EFFORTS: tuple[tuple[str, dict[str, int]], ...] = (
+    ("jpeg", {}),
+    ("webp", {"webp_method": 0}),
+    ("webp", {"webp_method": 2}),
+    ("webp", {"webp_method": 4}),
+    ("avif", {"avif_speed": 8}),
+    ("avif", {"avif_speed": 9}),
+    ("avif", {"avif_speed": 10}),
+)
+
+
+def scenario_formats(ctx: Context) -> dict[str, Any]:
+    """What each output format costs: keyframe grabs of one asset over HTTP with the server's settings
+    (only grabs that decoded), and, in-process, the encoder-effort sweep over a few frames (the
+    asset's, then real media's): time, bytes and PSNR against the rendered frame."""
+    cfg = ctx.cfg
+    asset = ctx.assets[cfg.formats_asset]
+    times = ctx.times(asset, cfg.formats_samples, "formats", end=asset.time_of(asset.keys[-1]))
+    out: dict[str, Any] = {"asset": asset.key, "http": {}, "effort_sweep": _effort_sweep(ctx, asset)}
+    for fmt in OUTPUT_FORMATS:
+        seconds, sizes, timings = [], [], []
+        errors: Counter[str] = Counter()
+        for t in times:
+            grab = http_grab(ctx, asset.rel, t, tolerance="inf", format=fmt)
+            if grab.status != 200:
+                _record_error(errors, grab)
+                continue
+            if grab.timing.get("render") == 0 and grab.timing.get("encode") == 0:
+                continue  # the same keyframe as the grab before: its image again
+            seconds.append(grab.seconds)
+            sizes.append(grab.size)
+            timings.append(grab.timing)
+        out["http"][fmt] = _method_block(
+            seconds,
+            bytes_p50=int(percentile(sizes, 50) or 0),
+            server_timing_p50_ms=timing_breakdown(timings),
+            errors=dict(errors),
+        )
+        block = out["http"][fmt]
+        ctx.say(f"  formats {fmt:<5} p50 {block['p50_ms']} ms, {block['bytes_p50']} B ({len(seconds)} grabs)")
+    return out
+
+
+def _effort_sweep(ctx: Context, asset: Asset) -> dict[str, Any]:
+    from PIL import Image
+
+    from app.engine.encode import encode_image
+    from app.engine.options import EncodeOptions, RenderOptions
+    from app.engine.render import render_frame
+
+    sources = [asset] + [a for a in ctx.assets.values() if a.group == "shared"]
+    images: list[tuple[str, Image.Image]] = []
+    for source in sources[: ctx.cfg.effort_frames]:
+        with av.open(str(source.path)) as container:
+            stream = container.streams.video[0]
+            container.seek(source.pts[len(source.pts) // 2], stream=stream)  # the keyframe before the middle
+            frame = next(container.decode(stream))
+            images.append((source.key, render_frame(frame, RenderOptions(), stream=stream)))
+    rows = []
+    for fmt, effort in EFFORTS:
+        options = EncodeOptions(format=fmt, **effort)  # type: ignore[arg-type]
+        total_s, total_bytes, psnrs = 0.0, 0, []
+        for _, image in images:
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                data = encode_image(image, options)
+                best = min(best, time.perf_counter() - started)
+            total_s += best
+            total_bytes += len(data)
+            psnrs.append(_psnr(image, data))
+        default = all(getattr(EncodeOptions(), knob) == value for knob, value in effort.items())
+        rows.append(
+            {
+                "format": fmt,
+                **effort,
+                "default": default,
+                "ms": round(total_s * 1000, 1),
+                "bytes": total_bytes,
+                "psnr_db_mean": round(sum(psnrs) / len(psnrs), 2),
+            }
+        )
+        knobs = ", ".join(f"{k}={v}" for k, v in effort.items()) or "quality 85"
+        ctx.say(
+            f"  effort {fmt:<4} {knobs:<14}{' (default)' if default else '          '} {rows[-1]['ms']:>7} ms "
+            f"{total_bytes:>9} B  {rows[-1]['psnr_db_mean']} dB over {len(images)} frames"
+        )
+    return {"frames": [key for key, _ in images], "settings": rows}
+
+
+def _psnr(image: Any, data: bytes) -> float:
+    from PIL import Image
+
+    reference = np.asarray(image.convert("RGB"), dtype=np.float64)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((decoded - reference) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 # ---------------------------------------------------------------------------------------------- 3. batch

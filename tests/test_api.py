@@ -107,6 +107,22 @@ def test_format_negotiation(client: TestClient, accept: str | None, content_type
     assert response.headers["vary"] == "Accept"
 
 
+def test_encoder_effort_is_the_deployments_and_part_of_the_etag(client: TestClient, media_root: Path) -> None:
+    """``STILLFRAME_WEBP_METHOD`` reaches the decoder worker's encoder (other bytes than the default's)
+    and changes WebP's ETag (a strong validator promises the bytes); JPEG's stays as it was."""
+    params = {"url": "clip.mp4", "t": "1"}
+    default_webp = client.get("/v1/frame", params={**params, "format": "webp"})
+    default_jpeg = client.get("/v1/frame", params={**params, "format": "jpeg"})
+    settings = Settings(media_root=media_root, workers=1, webp_method=6)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as other:
+        webp = other.get("/v1/frame", params={**params, "format": "webp"})
+        jpeg = other.get("/v1/frame", params={**params, "format": "jpeg"})
+    assert webp.status_code == default_webp.status_code == 200
+    assert webp.content != default_webp.content
+    assert webp.headers["etag"] != default_webp.headers["etag"]
+    assert jpeg.content == default_jpeg.content and jpeg.headers["etag"] == default_jpeg.headers["etag"]
+
+
 def test_if_none_match_answers_304(client: TestClient) -> None:
     first = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2"})
     etag = first.headers["etag"]

@@ -66,6 +66,21 @@ def test_quality_changes_size(fmt: Any) -> None:
     assert len(low) < len(high)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "field", "fast", "slow"), [("webp", "webp_method", 0, 6), ("avif", "avif_speed", 10, 6)]
+)
+def test_encoder_effort_reaches_the_encoder(fmt: Any, field: str, fast: int, slow: int) -> None:
+    """The effort knobs change the encode (and each result decodes); the default is the documented one."""
+    image = picture(320, 240)
+    default = encode_image(image, EncodeOptions(format=fmt))
+    quick = encode_image(image, EncodeOptions(format=fmt, **{field: fast}))
+    thorough = encode_image(image, EncodeOptions(format=fmt, **{field: slow}))
+    assert quick != thorough
+    assert default == encode_image(image, EncodeOptions(format=fmt, **{field: getattr(EncodeOptions(), field)}))
+    for data in (quick, thorough):
+        assert Image.open(io.BytesIO(data)).size == (320, 240)
+
+
 @pytest.mark.parametrize("quality", [0, 101, -5, 1.5, True, "80"])
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
 def test_bad_quality(fmt: Any, quality: Any) -> None:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import FrameServices, get_frame_services
 from app.api.jobs import respond_async, wants_async
 from app.api.problems import problem_responses
+from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.generator import FrameResult
 from app.engine.sources import LocalSource, is_remote, resolve_source
@@ -62,11 +63,13 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _etag(source_identity: str, params: FrameParams, image_format: str) -> str:
+def _etag(source_identity: str, params: FrameParams, image_format: str, settings: Settings) -> str:
     """A strong validator: the output is a pure function of the source's bytes (its identity changes
-    with them) and every option, so for a local file a match needs no decode at all."""
+    with them), every option and the deployment's encoder effort, so for a local file a match needs no
+    decode at all."""
     options = params.model_dump(exclude={"url", "format"})
-    blob = json.dumps([source_identity, image_format, options], sort_keys=True, default=str)
+    effort = {"webp": settings.webp_method, "avif": settings.avif_speed}.get(image_format)
+    blob = json.dumps([source_identity, image_format, options, effort], sort_keys=True, default=str)
     return '"' + hashlib.sha256(blob.encode()).hexdigest()[:32] + '"'
 
 
@@ -93,7 +96,7 @@ async def serve_frame(
         headers["Vary"] = "Accept"
     known_etag = None
     if isinstance(source, LocalSource):  # identity is a stat away: answer without decoding when we can
-        known_etag = _etag(source.identity, params, image_format)
+        known_etag = _etag(source.identity, params, image_format, settings)
         if _matches(if_none_match, known_etag):
             return Response(status_code=304, headers={**headers, "ETag": known_etag})
         if cached := cache.get(known_etag):
@@ -101,10 +104,10 @@ async def serve_frame(
             return Response(body, headers={**headers, **image_headers_, "Server-Timing": "cache;dur=0"})
     task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
     started = time.perf_counter()
-    flight_key = known_etag or _etag(f"url:{params.url}", params, image_format)
+    flight_key = known_etag or _etag(f"url:{params.url}", params, image_format, settings)
     result = await in_flight.run(flight_key, lambda: pool.grab(task))
     total = time.perf_counter() - started
-    etag = _etag(result.source_identity, params, image_format)
+    etag = _etag(result.source_identity, params, image_format, settings)
     if _matches(if_none_match, etag):
         return Response(status_code=304, headers={**headers, "ETag": etag})
     image_headers_ = {"ETag": etag, "Content-Type": result.content_type, **image_headers(result, image_format)}

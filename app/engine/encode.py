@@ -105,12 +105,11 @@ def encode_image(image: Image.Image, options: EncodeOptions) -> bytes:
         params = {"compress_level": 1}  # zlib level 1: several times faster than the default 6
         pil_format = "PNG"
     elif fmt == "webp":
-        params = {"quality": quality or DEFAULT_QUALITY["webp"], "method": 4}
+        params = {"quality": quality or DEFAULT_QUALITY["webp"], "method": options.webp_method}
         pil_format = "WEBP"
     else:
-        # libavif through Pillow; speed 8 of 0..10 (default 6) roughly halves the time for a few
-        # percent in size.
-        params = {"quality": quality or DEFAULT_QUALITY["avif"], "speed": 8, "subsampling": "4:2:0"}
+        # libavif (aom) through Pillow
+        params = {"quality": quality or DEFAULT_QUALITY["avif"], "speed": options.avif_speed, "subsampling": "4:2:0"}
         pil_format = "AVIF"
 
     buffer = io.BytesIO()

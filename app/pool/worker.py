@@ -206,6 +206,12 @@ class _OpenAssets:
             self._items.pop(key).close()
 
 
+def with_encoder_effort(task: GrabTask, settings: Settings) -> GrabTask:
+    """The task with this deployment's encoder effort (``webp_method``, ``avif_speed``)."""
+    encode = dataclasses.replace(task.options.encode, webp_method=settings.webp_method, avif_speed=settings.avif_speed)
+    return dataclasses.replace(task, options=dataclasses.replace(task.options, encode=encode))
+
+
 def _cancelled(conn: Connection, task_id: int, pending: list[Any]) -> bool:
     """Read messages that arrived while decoding; keep anything that is not our cancel for later."""
     cancelled = False
@@ -238,6 +244,7 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
         if message[0] != "run":
             continue  # a cancel for a task that already finished
         _, task_id, task, threads = message
+        task = with_encoder_effort(task, settings)
         _limit_cpu_for_next_task(settings, threads, len(task.times))
         try:
             generator, identity = assets.get(task, settings, threads)
