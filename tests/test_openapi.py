@@ -36,3 +36,11 @@ def test_get_frame_documents_every_query_parameter_it_reads() -> None:
     assert set(query) == set(FrameParams.model_fields)
     for name, field in FrameParams.model_fields.items():
         assert query[name]["required"] is field.is_required(), name
+
+
+def test_get_frame_documents_the_security_it_checks() -> None:
+    """``GET /v1/frame`` checks its caller itself (app.api.auth.authenticate): its document must name the
+    schemes the routes that depend on ``caller_identity`` name, and the same refusals."""
+    frame = create_app().openapi()["paths"]["/v1/frame"]
+    assert frame["get"]["security"] == frame["post"]["security"] != []
+    assert {"401", "403", "429"} <= set(frame["get"]["responses"])

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import SECURITY, authenticate, caller_identity
 from app.api.deps import FrameServices, get_frame_services
 from app.api.jobs import respond_async, wants_async
 from app.api.problems import problem_responses
@@ -176,20 +177,26 @@ async def frame_query(request: Request) -> FrameParams:
     responses=_IMAGE_RESPONSES,
     response_class=Response,
     summary="The image at a time",
-    openapi_extra={"parameters": _documented_parameters(FrameParams)},
+    openapi_extra={"parameters": _documented_parameters(FrameParams), "security": SECURITY},
 )
 async def get_frame(request: Request) -> Response:
     """Like `AVAssetImageGenerator.image(at:)`: the frame on screen at `t` (exact by default)."""
-    # The query, the headers and the services are read here rather than bound by FastAPI: each bound
-    # parameter or dependency costs ~10 us a request, several times that on a core just woken from idle
-    # (a frame from the image cache: 1.9 -> 1.7 ms after 50 ms idle on the 2-core VM).
+    # The caller, the query, the headers and the services are read here rather than bound by FastAPI:
+    # each bound parameter or dependency costs ~10 us a request, several times that on a core just woken
+    # from idle (a frame from the image cache after 50 ms idle on the 2-core VM: 1.9 -> 1.7 ms for the
+    # query, headers and services; 1.9 -> 1.7 ms again for the caller).
+    await authenticate(request)
     headers = request.headers
     services = await get_frame_services(request)
     return await serve_frame(await frame_query(request), services, headers.get("accept"), headers.get("if-none-match"))
 
 
 @router.post(
-    "/v1/frame", responses=_IMAGE_RESPONSES, response_class=Response, summary="The image at a time (JSON body)"
+    "/v1/frame",
+    responses=_IMAGE_RESPONSES,
+    response_class=Response,
+    summary="The image at a time (JSON body)",
+    dependencies=[Depends(caller_identity)],
 )
 async def post_frame(
     params: FrameParams,
