@@ -154,6 +154,24 @@ def test_absolute_path_outside_root_is_forbidden(media: Path, tmp_path: Path) ->
     expect_error("source_forbidden", resolve_source, str(tmp_path / "outside" / "secret.txt"), local_settings(media))
 
 
+def test_a_sibling_whose_name_starts_with_the_roots_is_outside(media: Path) -> None:
+    """Inside means whole path components: ``media-old/x`` shares the root's name as a string prefix."""
+    sibling = media.parent / (media.name + "-old")
+    sibling.mkdir()
+    (sibling / "x.mp4").write_bytes(b"x")
+    for url in (str(sibling / "x.mp4"), f"../{sibling.name}/x.mp4", f"file://{sibling / 'x.mp4'}"):
+        expect_error("source_forbidden", resolve_source, url, local_settings(media))
+    (media / "clips" / "old").symlink_to(sibling)
+    expect_error("source_forbidden", resolve_source, "clips/old/x.mp4", local_settings(media))
+
+
+def test_a_root_given_through_a_symlink_is_resolved(media: Path, tmp_path: Path) -> None:
+    link = tmp_path / "media-link"
+    link.symlink_to(media)
+    src = resolve_source("clips/sub/b.mp4", local_settings(link))
+    assert isinstance(src, LocalSource) and src.relpath == "clips/sub/b.mp4" and src.size == 10
+
+
 def test_literal_percent_in_bare_paths_is_not_decoded(media: Path) -> None:
     (media / "clips" / "%2e%2e").mkdir()
     (media / "clips" / "%2e%2e" / "x.mp4").write_bytes(b"x")
