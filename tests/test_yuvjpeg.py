@@ -7,7 +7,9 @@ patches, every matrix and range), the same orientation and size, and pixels with
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -208,7 +210,9 @@ def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
             frame = _yuv420p_frame(y, u, v)
             alone = [
                 p.copy()
-                for p in yuvjpeg._planes(yuvjpeg._JfifConversion(width, height, "yuv420p", colorspace, full, 1)(frame))
+                for p in yuvjpeg._planes(
+                    yuvjpeg._JfifConversion(width, height, "yuv420p", colorspace, full, 1, None)(frame)
+                )
             ]
             cases.append((frame, colorspace, full, alone))
 
@@ -264,6 +268,48 @@ def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) 
     two = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=2)
     assert one[1] == two[1] == (1280, 720)
     assert one[0] == two[0]
+
+
+def _random_frame(width: int, height: int, pix_fmt: str, colorspace: int, color_range: int, seed: int) -> av.VideoFrame:
+    rng = np.random.default_rng(seed)
+    # smooth ramps plus noise (what a JPEG of a video frame looks like to the encoder), at 8 bits
+    ramp = np.add.outer(np.arange(height) // 3, np.arange(width) // 5)
+    y = ((ramp + rng.integers(0, 40, (height, width))) % 220 + 16).astype(np.uint8)
+    u = rng.integers(60, 200, (height // 2, width // 2), dtype=np.uint8)
+    v = np.ascontiguousarray(y[::2, ::2] // 2 + 64)
+    frame = _yuv420p_frame(y, u, v).reformat(format=pix_fmt) if pix_fmt != "yuv420p" else _yuv420p_frame(y, u, v)
+    frame.colorspace, frame.color_range = colorspace, color_range
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "pix_fmt", "colorspace", "color_range"),
+    [
+        (1920, 1080, "yuv420p", 1, 1),  # BT.709 limited: the common case
+        (1000, 1002, "yuv420p", 9, 2),  # padded lines, a height not whole MCU rows, BT.2020 full
+        (1280, 720, "yuvj420p", 5, 2),  # already JFIF: halves of the decoder's own planes
+        (1280, 720, "yuv420p10le", 1, 1),  # 10-bit, straight into the filter
+        (1280, 720, "yuv422p", 1, 1),  # through swscale first
+        (640, 512, "yuv420p", 1, 1),  # just big enough to be cut
+        (640, 510, "yuv420p", 1, 1),  # just too small: one piece
+    ],
+)
+def test_jpeg_converted_half_by_half_is_the_jpeg_of_the_converted_picture(
+    width: int, height: int, pix_fmt: str, colorspace: int, color_range: int
+) -> None:
+    """``encode_jpeg`` on two cores converts and encodes each half on its own: the bytes are those of the
+    whole picture converted, then encoded (on one core or two), and a turned picture goes the whole way."""
+    frame = _random_frame(width, height, pix_fmt, colorspace, color_range, seed=width + height)
+    plain = plan_frame(frame, RenderOptions())[0]
+    expected = yuvjpeg.encode_planes(yuvjpeg.jfif_frame_planes(frame, plain), 85)
+    for threads in (1, 2, 3):
+        data, converted_at = yuvjpeg.encode_jpeg(frame, plain, 85, threads=threads)
+        assert data == expected, threads
+        assert converted_at <= time.perf_counter()
+    turned = dataclasses.replace(plain, transpose=Image.Transpose.ROTATE_90, size=(height, width))
+    rotated = yuvjpeg.encode_planes(yuvjpeg.jfif_frame_planes(frame, turned), 85)
+    assert yuvjpeg.encode_jpeg(frame, turned, 85, threads=2)[0] == rotated
+    assert Image.open(io.BytesIO(rotated)).size == (height, width)
 
 
 @pytest.mark.parametrize(

@@ -74,9 +74,7 @@ def encode_frame(
     if encode.format == "jpeg" and yuvjpeg.can_encode(frame, layout, region, render.dynamic_range):
         quality = _quality(encode) or DEFAULT_QUALITY["jpeg"]
         try:
-            planes = yuvjpeg.jfif_frame_planes(frame, layout, threads=threads)
-            rendered = time.perf_counter()
-            data = yuvjpeg.encode_planes(planes, quality, threads=threads)
+            data, rendered = yuvjpeg.encode_jpeg(frame, layout, quality, threads=threads)
             return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
         except (av.FFmpegError, ValueError):
             pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage

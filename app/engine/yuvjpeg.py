@@ -22,7 +22,9 @@ HDR to SDR, other formats) takes the RGB path.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -57,17 +59,31 @@ _MIN_BAND_ROWS = 256  # smaller pictures encode in ~1 ms: not worth a hand-off
 
 
 class _JfifConversion:
-    """A filter graph that re-expresses 4:2:0 frames of one size, depth, matrix and range as JFIF planes.
+    """A filter graph that re-expresses 4:2:0 frames of one size, depth, matrix and range as JFIF planes
+    (all their rows, or ``rows``: (first, count), both even).
 
     Only the matrix and range change: primaries and transfer are given as equal on both sides (and
     ``fast``), so the filter never goes through linear light and ignores what the frame is tagged with.
     """
 
-    def __init__(self, width: int, height: int, pix_fmt: str, colorspace: int, full_range: bool, threads: int) -> None:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        pix_fmt: str,
+        colorspace: int,
+        full_range: bool,
+        threads: int,
+        rows: tuple[int, int] | None,
+    ) -> None:
         self.graph = Graph()
         source = self.graph.add_buffer(
             width=width, height=height, format=av.VideoFormat(pix_fmt), time_base=Fraction(1, 1)
         )
+        if rows is not None:  # (the crop only moves the planes' pointers: no copy)
+            crop = self.graph.add("crop", w=str(width), h=str(rows[1]), x="0", y=str(rows[0]), exact="1")
+            source.link_to(crop)
+            source = crop
         convert = self.graph.add(
             "colorspace",
             ispace=_FILTER_MATRIX[colorspace],
@@ -95,19 +111,27 @@ class _JfifConversion:
 
 
 _THREAD = threading.local()
-_CONVERSIONS_KEPT = 4  # per thread: a worker mostly sees a few sizes over and over
+_CONVERSIONS_KEPT = 6  # per thread: a worker mostly sees a few sizes over and over (halves are their own)
 
 
-def jfif_frame(frame: av.VideoFrame, colorspace: int, full_range: bool, *, threads: int = 1) -> av.VideoFrame:
+def jfif_frame(
+    frame: av.VideoFrame,
+    colorspace: int,
+    full_range: bool,
+    *,
+    threads: int = 1,
+    rows: tuple[int, int] | None = None,
+) -> av.VideoFrame:
     """A 4:2:0 ``frame`` (one of ``_FILTER_INPUTS``, in swscale's matrix ``colorspace`` and the given
-    range) as 8-bit JFIF 4:2:0.
+    range), or its ``rows`` (first, count; both even), as 8-bit JFIF 4:2:0.
 
-    Graphs are kept per thread (a graph serves one thread at a time), by size, format, matrix, range and threads;
-    one that fails is dropped, so that no frame of a failed call can come out of the next one."""
+    Graphs are kept per thread (a graph serves one thread at a time), by size, format, matrix, range,
+    threads and rows; one that fails is dropped, so that no frame of a failed call can come out of the
+    next one."""
     conversions: OrderedDict[tuple[object, ...], _JfifConversion] | None = getattr(_THREAD, "conversions", None)
     if conversions is None:
         conversions = _THREAD.conversions = OrderedDict()
-    key = (frame.width, frame.height, frame.format.name, colorspace, full_range, threads)
+    key = (frame.width, frame.height, frame.format.name, colorspace, full_range, threads, rows)
     conversion = conversions.pop(key, None) or _JfifConversion(*key)
     out = conversion(frame)
     conversions[key] = conversion  # (kept only once it has worked)
@@ -159,15 +183,33 @@ def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_ran
     )
 
 
-def jfif_frame_planes(
-    frame: av.VideoFrame, layout: Layout, *, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). Another chroma layout
-    or pixel format becomes yuv420p in swscale, YUV to YUV; the matrix, range and depth change in ``jfif_frame``.
-    ``threads``: cores either may use."""
+@dataclass(frozen=True)
+class _Source:
+    """A frame ready for ``jfif_frame``: in one of ``_FILTER_INPUTS`` (or already JFIF, ``identity``)."""
+
+    frame: av.VideoFrame
+    colorspace: int
+    full_range: bool
+    identity: bool  # already JFIF (BT.601, full range, 8-bit 4:2:0): the planes go out as they are
+
+    def jfif_planes(
+        self, *, threads: int = 1, rows: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The JFIF planes of the frame, or of its ``rows`` (first, count; both even)."""
+        if not self.identity:
+            return _planes(jfif_frame(self.frame, self.colorspace, self.full_range, threads=threads, rows=rows))
+        y, u, v = _planes(self.frame)
+        if rows is None:
+            return y, u, v
+        first, count = rows
+        return y[first : first + count], u[first // 2 : (first + count) // 2], v[first // 2 : (first + count) // 2]
+
+
+def _source(frame: av.VideoFrame, threads: int) -> _Source:
+    """Another chroma layout or pixel format becomes yuv420p in swscale, YUV to YUV; the matrix, range
+    and depth change later, in ``jfif_frame``."""
     colorspace = int(colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height))
     full = colour.is_full_range(int(frame.color_range), frame.format.name)
-    # already JFIF: the planes go out as they are
     identity = colorspace == _JFIF_MATRIX and full and frame.format.name in ("yuv420p", "yuvj420p")
     if frame.format.name not in _FILTER_INPUTS and not identity:
         color_range = ColorRange.JPEG if full else ColorRange.MPEG
@@ -180,11 +222,64 @@ def jfif_frame_planes(
             interpolation=SCALE_FLAGS,
             threads=threads,
         )
-    y, u, v = _planes(frame if identity else jfif_frame(frame, colorspace, full, threads=threads))
+    return _Source(frame, colorspace, full, identity)
+
+
+def jfif_frame_planes(
+    frame: av.VideoFrame, layout: Layout, *, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). ``threads``: cores the
+    conversion may use."""
+    return _laid_out(_source(frame, threads).jfif_planes(threads=threads), layout)
+
+
+def _laid_out(
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray], layout: Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y, u, v = planes
     if layout.transpose is not None:
         turn = _PLANE_TRANSPOSES[layout.transpose]
         y, u, v = (np.ascontiguousarray(turn(plane)) for plane in (y, u, v))
     return y, u, v
+
+
+def encode_jpeg(frame: av.VideoFrame, layout: Layout, quality: int, *, threads: int = 1) -> tuple[bytes, float]:
+    """The JPEG of ``frame`` per ``layout`` (check ``can_encode`` first), and when (``perf_counter``) this
+    thread was done converting.
+
+    On two cores or more, a big picture that is not turned is converted *and* encoded half by half, each
+    half on its own core, with no wait between the two steps (a 1080p keyframe, measured right after its
+    decode: 2.95 -> 2.7 ms). The bytes are those of ``encode_planes(jfif_frame_planes(...))``: the
+    conversion works per 2x2 block, and the halves are cut where ``encode_planes`` cuts them."""
+    source = _source(frame, threads)
+    split = _split(frame.height, frame.width)
+    if threads > 1 and split is not None and layout.transpose is None:
+        top, interval = split
+        converted: list[float] = []
+
+        def half(rows: tuple[int, int]) -> bytes:
+            planes = source.jfif_planes(rows=rows)
+            if rows[0] == 0:  # (this thread's half)
+                converted.append(time.perf_counter())
+            return bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
+
+        first, second = in_parallel(half, [(0, top), (top, frame.height - top)], threads)
+        joined = _join_halves(first, second, frame.height, interval)
+        if joined is not None:
+            return joined, converted[0]
+    planes = _laid_out(source.jfif_planes(threads=threads), layout)
+    converted_at = time.perf_counter()
+    return encode_planes(planes, quality, threads=threads), converted_at
+
+
+def _split(height: int, width: int) -> tuple[int, int] | None:
+    """Where a picture is cut in two for encoding: (rows of the top half, whole 16-row MCU rows and at
+    least half the picture; its MCUs, the restart interval), or None to encode it whole."""
+    top = -(-height // 32) * 16
+    interval = (top // 16) * -(-width // 16)
+    if height < 2 * _MIN_BAND_ROWS or top >= height or interval > 0xFFFF:
+        return None
+    return top, interval
 
 
 def encode_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], quality: int, *, threads: int = 1) -> bytes:
@@ -194,10 +289,10 @@ def encode_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], quality: in
     (ETags, caches and tests compare them)."""
     y = planes[0]
     height, width = y.shape
-    top = -(-height // 32) * 16  # whole 16-row MCU rows, at least half the picture
-    interval = (top // 16) * -(-width // 16)  # the top half's MCUs: one restart interval
-    if height < 2 * _MIN_BAND_ROWS or top >= height or interval > 0xFFFF:
+    split = _split(height, width)
+    if split is None:
         return bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
+    top, interval = split
     _, u, v = planes
     cut = top // 2  # chroma rows
     halves = [(y[:top], u[:cut], v[:cut]), (y[top:], u[cut:], v[cut:])]
