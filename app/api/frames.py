@@ -183,8 +183,8 @@ async def get_frame(request: Request) -> Response:
     """Like `AVAssetImageGenerator.image(at:)`: the frame on screen at `t` (exact by default)."""
     # The caller, the query, the headers and the services are read here rather than bound by FastAPI:
     # each bound parameter or dependency costs ~10 us a request, several times that on a core just woken
-    # from idle (a frame from the image cache after 50 ms idle on the 2-core VM: 1.9 -> 1.7 ms for the
-    # query, headers and services; 1.9 -> 1.7 ms again for the caller).
+    # from idle (a frame from the image cache after 50 ms idle on the 2-core VM: 1.93 -> 1.78 ms for the
+    # query, headers and services, then 1.65 -> 1.50 ms for the caller).
     await authenticate(request)
     headers = request.headers
     services = await get_frame_services(request)
