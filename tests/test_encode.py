@@ -143,3 +143,13 @@ def test_other_modes(mode: str) -> None:
 )
 def test_negotiate_format(header: str | None, expected: str) -> None:
     assert negotiate_format(header) == expected
+
+
+@pytest.mark.parametrize(("mode", "size"), [("RGB", (641, 361)), ("L", (33, 17)), ("RGB", (1, 1))])
+def test_png_is_lossless_in_every_mode_it_takes(mode: str, size: tuple[int, int]) -> None:
+    """PNG goes through FFmpeg's encoder (Paeth prediction): every pixel comes back, odd sizes included."""
+    image = picture(*size).convert(mode)
+    data = encode_image(image, EncodeOptions(format="png"))
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.mode == mode and decoded.size == size
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))

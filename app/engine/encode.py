@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import av
+import numpy as np
 from PIL import Image
 
 from app.engine import yuvjpeg
@@ -100,8 +102,7 @@ def encode_image(image: Image.Image, options: EncodeOptions) -> bytes:
         params = {"quality": quality or DEFAULT_QUALITY["jpeg"], "subsampling": "4:2:0", "optimize": False}
         pil_format = "JPEG"
     elif fmt == "png":
-        params = {"compress_level": 1}  # zlib level 1: several times faster than the default 6
-        pil_format = "PNG"
+        return _png(image)
     elif fmt == "webp":
         params = {"quality": quality or DEFAULT_QUALITY["webp"], "method": options.webp_method}
         pil_format = "WEBP"
@@ -113,6 +114,20 @@ def encode_image(image: Image.Image, options: EncodeOptions) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **params)
     return buffer.getvalue()
+
+
+def _png(image: Image.Image) -> bytes:
+    """PNG (8-bit RGB or grey) through FFmpeg's encoder: Paeth prediction on every row, zlib level 1
+    (several times faster than the default 6). Over real 1080p-1440p frames 1.6x faster than Pillow's
+    level 1 (its adaptive filters cost as much as the compression) for 1% more bytes."""
+    pixels = np.asarray(image)
+    frame = av.VideoFrame.from_ndarray(pixels, format="rgb24" if image.mode == "RGB" else "gray")
+    frame.pts = 0
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = image.width, image.height, frame.format.name
+    codec.time_base = Fraction(1, 1)
+    codec.options = {"pred": "paeth", "compression_level": "1"}
+    return b"".join(bytes(packet) for packet in (*codec.encode(frame), *codec.encode(None)))
 
 
 def _parse_accept(header: str) -> list[tuple[str, str, float]]:
