@@ -153,3 +153,15 @@ def test_png_is_lossless_in_every_mode_it_takes(mode: str, size: tuple[int, int]
     decoded = Image.open(io.BytesIO(data))
     assert decoded.mode == mode and decoded.size == size
     assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_avif_bytes_do_not_depend_on_the_machines_cores(cores: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aom's bitstream depends on its thread count, and Pillow's default is the core count: the ETag's
+    promise (same options, same bytes) holds only with the threads fixed."""
+    from PIL import AvifImagePlugin
+
+    image = picture(320, 240)
+    reference = encode_image(image, EncodeOptions(format="avif"))
+    monkeypatch.setattr(AvifImagePlugin, "_get_default_max_threads", lambda: cores)
+    assert encode_image(image, EncodeOptions(format="avif")) == reference
