@@ -17,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from app.engine import yuvjpeg
+from app.engine import yuvencode
 from app.engine.errors import InvalidParameter
 from app.engine.options import CONTENT_TYPES, EncodeOptions, RenderOptions
 from app.engine.render import DEFAULT_MAX_OUTPUT_PIXELS, FrameMetadata, plan_frame, render_frame
@@ -59,10 +59,10 @@ def encode_frame(
     threads: int = 1,
 ) -> tuple[bytes, tuple[int, int], dict[str, float]]:
     """A decoded frame rendered per ``render`` and encoded per ``encode``: (data, (width, height),
-    seconds spent in "render" and "encode"). ``threads``: cores the YUV->JPEG path and HDR tone mapping may use.
+    seconds spent in "render" and "encode"). ``threads``: cores the YUV paths and HDR tone mapping may use.
 
-    A JPEG is made straight from the frame's YUV planes where that gives the same picture (see
-    ``yuvjpeg``: most requests, at a third of the cost); everything else goes through RGB.
+    A JPEG or a WebP is made straight from the frame's YUV planes where that gives the same picture
+    (see ``yuvencode``: most requests, at a fraction of the cost); everything else goes through RGB.
     ``metadata``: the stream's side data, read once per asset (see ``FrameMetadata``).
     """
     started = time.perf_counter()
@@ -75,10 +75,13 @@ def encode_frame(
         clean_aperture=clean_aperture,
         metadata=metadata,
     )
-    if encode.format == "jpeg" and yuvjpeg.can_encode(frame, layout, region, render.dynamic_range):
-        quality = _quality(encode) or DEFAULT_QUALITY["jpeg"]
+    if encode.format in ("jpeg", "webp") and yuvencode.can_encode(frame, layout, region, render.dynamic_range):
+        quality = _quality(encode) or DEFAULT_QUALITY[encode.format]
         try:
-            data, rendered = yuvjpeg.encode_jpeg(frame, layout, quality, threads=threads)
+            if encode.format == "jpeg":
+                data, rendered = yuvencode.encode_jpeg(frame, layout, quality, threads=threads)
+            else:
+                data, rendered = yuvencode.encode_webp(frame, layout, quality, encode.webp_method, threads=threads)
             return data, layout.size, {"render": rendered - started, "encode": time.perf_counter() - rendered}
         except (av.FFmpegError, ValueError):
             pass  # a pixel format swscale or libjpeg will not take this way: the RGB path may still manage

@@ -1,17 +1,19 @@
-"""JPEG straight from the decoder's YUV planes: the fast path for the most common request.
+"""JPEG and WebP straight from the decoder's YUV planes: the fast path for the most common requests.
 
-Inside, a JPEG is YCbCr 4:2:0 with the BT.601 matrix at full range. The general path (``render`` then
-``encode``) converts the frame to RGB, upsampling its chroma to every pixel, and libjpeg converts that
-back to YCbCr and averages the chroma down to 4:2:0 again: at 1080p about two thirds of the time after
-decoding goes into chroma detail the encoder then throws away. Here the decoded planes are re-expressed
-as JPEG's YCbCr instead, and libjpeg-turbo (simplejpeg) encodes them as they are.
+Inside, a JPEG is YCbCr 4:2:0 with the BT.601 matrix at full range, and a (lossy) WebP is VP8's YCbCr
+4:2:0, BT.601 at limited range. The general path (``render`` then ``encode``) converts the frame to
+RGB, upsampling its chroma to every pixel, and the encoder converts that back to YCbCr and averages the
+chroma down to 4:2:0 again: at 1080p most of the time after decoding goes into chroma detail the encoder
+then throws away. Here the decoded planes are re-expressed as the format's YCbCr instead, and
+libjpeg-turbo (simplejpeg) or libwebp (through FFmpeg) encodes them as they are.
 
 The colour maths is the same linear map the RGB path makes, folded into one step: with the source's
-matrix ``Ms`` (BT.709, BT.601, BT.2020... exactly as ``colour.yuv_matrix`` picks it) and range, a JPEG
-decoder must get back ``RGB = Ms^-1 (Y, Pb, Pr)``, so we write ``(Yj, Pbj, Prj) = M601 Ms^-1 (Y, Pb,
-Pr)``, one chroma sample per 2x2 block of luma. FFmpeg's ``colorspace`` filter makes exactly that map
-(its YUV-to-YUV mode, in SIMD, when primaries and transfer stay as they are): 0.3 ms for a 1080p picture
-on one core, where numpy took 1.5 ms, and within half a code of the exact result.
+matrix ``Ms`` (BT.709, BT.601, BT.2020... exactly as ``colour.yuv_matrix`` picks it) and range, a
+decoder must get back ``RGB = Ms^-1 (Y, Pb, Pr)``, so we write ``(Y', Pb', Pr') = M601 Ms^-1 (Y, Pb,
+Pr)`` at the format's range, one chroma sample per 2x2 block of luma. FFmpeg's ``colorspace`` filter
+makes exactly that map (its YUV-to-YUV mode, in SIMD, when primaries and transfer stay as they are):
+0.3 ms for a 1080p picture on one core, where numpy took 1.5 ms, and within half a code of the exact
+result.
 
 Used when it gives the same picture: YUV without alpha at any depth or chroma layout (swscale brings it
 to 8-bit 4:2:0), no HDR tone mapping, and a layout that is the frame at its own (even) size plus an optional
@@ -46,7 +48,7 @@ _FILTER_MATRIX: dict[int, str] = {
     int(Colorspace.SMPTE240M): "smpte240m",
     int(Colorspace.BT2020): "bt2020ncl",
 }
-_JFIF_MATRIX = int(Colorspace.ITU601)  # JFIF: BT.601, full range
+_BT601 = int(Colorspace.ITU601)  # the matrix of JFIF (full range) and of VP8 (limited range)
 
 # Planar and semi-planar YUV formats the planes can come from (swscale brings them to yuv420p first).
 _YUV_FAMILIES = ("yuv", "nv", "p0", "p2", "p4")  # yuv4xxp*, nv12/nv21/nv16..., p010/p016/p210/p410...
@@ -58,9 +60,9 @@ _FILTER_INPUTS = ("yuv420p", "yuv420p10le", "yuv420p12le")
 _MIN_BAND_ROWS = 256  # smaller pictures encode in ~1 ms: not worth a hand-off
 
 
-class _JfifConversion:
-    """A filter graph that re-expresses 4:2:0 frames of one size, depth, matrix and range as JFIF planes
-    (all their rows, or ``rows``: (first, count), both even).
+class _Conversion:
+    """A filter graph that re-expresses 4:2:0 frames of one size, depth, matrix and range as 8-bit BT.601
+    4:2:0 at full range (JFIF) or limited (VP8): all their rows, or ``rows`` ((first, count), both even).
 
     Only the matrix and range change: primaries and transfer are given as equal on both sides (and
     ``fast``), so the filter never goes through linear light and ignores what the frame is tagged with.
@@ -73,6 +75,7 @@ class _JfifConversion:
         pix_fmt: str,
         colorspace: int,
         full_range: bool,
+        full_range_out: bool,
         threads: int,
         rows: tuple[int, int] | None,
     ) -> None:
@@ -89,7 +92,7 @@ class _JfifConversion:
             ispace=_FILTER_MATRIX[colorspace],
             irange="pc" if full_range else "tv",
             space="bt470bg",
-            range="pc",
+            range="pc" if full_range_out else "tv",
             format="yuv420p",
             iprimaries="bt709",
             primaries="bt709",
@@ -114,25 +117,27 @@ _THREAD = threading.local()
 _CONVERSIONS_KEPT = 6  # per thread: a worker mostly sees a few sizes over and over (halves are their own)
 
 
-def jfif_frame(
+def bt601_frame(
     frame: av.VideoFrame,
     colorspace: int,
     full_range: bool,
     *,
+    full_range_out: bool = True,
     threads: int = 1,
     rows: tuple[int, int] | None = None,
 ) -> av.VideoFrame:
     """A 4:2:0 ``frame`` (one of ``_FILTER_INPUTS``, in swscale's matrix ``colorspace`` and the given
-    range), or its ``rows`` (first, count; both even), as 8-bit JFIF 4:2:0.
+    range), or its ``rows`` (first, count; both even), as 8-bit BT.601 4:2:0: JFIF's (full range) by
+    default, VP8's with ``full_range_out=False``.
 
-    Graphs are kept per thread (a graph serves one thread at a time), by size, format, matrix, range,
+    Graphs are kept per thread (a graph serves one thread at a time), by size, format, matrix, ranges,
     threads and rows; one that fails is dropped, so that no frame of a failed call can come out of the
     next one."""
-    conversions: OrderedDict[tuple[object, ...], _JfifConversion] | None = getattr(_THREAD, "conversions", None)
+    conversions: OrderedDict[tuple[object, ...], _Conversion] | None = getattr(_THREAD, "conversions", None)
     if conversions is None:
         conversions = _THREAD.conversions = OrderedDict()
-    key = (frame.width, frame.height, frame.format.name, colorspace, full_range, threads, rows)
-    conversion = conversions.pop(key, None) or _JfifConversion(*key)
+    key = (frame.width, frame.height, frame.format.name, colorspace, full_range, full_range_out, threads, rows)
+    conversion = conversions.pop(key, None) or _Conversion(*key)
     out = conversion(frame)
     conversions[key] = conversion  # (kept only once it has worked)
     while len(conversions) > _CONVERSIONS_KEPT:
@@ -161,7 +166,8 @@ def _planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_range: str) -> bool:
-    """Whether ``jfif_frame_planes`` gives this frame and layout the picture the RGB path would."""
+    """Whether the planes (``encode_jpeg``, ``encode_webp``) give this frame and layout the picture the
+    RGB path would."""
     fmt = frame.format
     return (
         # Same size only: scaled 4:2:0 planes clip out-of-gamut colours after averaging, where the RGB path
@@ -185,19 +191,38 @@ def can_encode(frame: av.VideoFrame, layout: Layout, region: object, dynamic_ran
 
 @dataclass(frozen=True)
 class _Source:
-    """A frame ready for ``jfif_frame``: in one of ``_FILTER_INPUTS`` (or already JFIF, ``identity``)."""
+    """A frame ready for ``bt601_frame``: in one of ``_FILTER_INPUTS``, or already in the target's
+    YCbCr (``identity``: BT.601 8-bit 4:2:0 at the target's range), whose planes go out as they are."""
 
     frame: av.VideoFrame
     colorspace: int
     full_range: bool
-    identity: bool  # already JFIF (BT.601, full range, 8-bit 4:2:0): the planes go out as they are
+    full_range_out: bool  # the target: JFIF (full) or VP8 (limited)
+    identity: bool
 
-    def jfif_planes(
+    def converted(self, *, threads: int = 1) -> av.VideoFrame:
+        """The whole frame in the target's YCbCr, as yuv420p (or yuvj420p, when it already was)."""
+        if self.identity:
+            return self.frame
+        return bt601_frame(
+            self.frame, self.colorspace, self.full_range, full_range_out=self.full_range_out, threads=threads
+        )
+
+    def planes(
         self, *, threads: int = 1, rows: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The JFIF planes of the frame, or of its ``rows`` (first, count; both even)."""
+        """The target's planes of the frame, or of its ``rows`` (first, count; both even)."""
         if not self.identity:
-            return _planes(jfif_frame(self.frame, self.colorspace, self.full_range, threads=threads, rows=rows))
+            return _planes(
+                bt601_frame(
+                    self.frame,
+                    self.colorspace,
+                    self.full_range,
+                    full_range_out=self.full_range_out,
+                    threads=threads,
+                    rows=rows,
+                )
+            )
         y, u, v = _planes(self.frame)
         if rows is None:
             return y, u, v
@@ -205,12 +230,12 @@ class _Source:
         return y[first : first + count], u[first // 2 : (first + count) // 2], v[first // 2 : (first + count) // 2]
 
 
-def _source(frame: av.VideoFrame, threads: int) -> _Source:
+def _source(frame: av.VideoFrame, threads: int, *, full_range_out: bool = True) -> _Source:
     """Another chroma layout or pixel format becomes yuv420p in swscale, YUV to YUV; the matrix, range
-    and depth change later, in ``jfif_frame``."""
+    and depth change later, in ``bt601_frame``."""
     colorspace = int(colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height))
     full = colour.is_full_range(int(frame.color_range), frame.format.name)
-    identity = colorspace == _JFIF_MATRIX and full and frame.format.name in ("yuv420p", "yuvj420p")
+    identity = colorspace == _BT601 and full == full_range_out and frame.format.name in ("yuv420p", "yuvj420p")
     if frame.format.name not in _FILTER_INPUTS and not identity:
         color_range = ColorRange.JPEG if full else ColorRange.MPEG
         frame = frame.reformat(
@@ -222,7 +247,7 @@ def _source(frame: av.VideoFrame, threads: int) -> _Source:
             interpolation=SCALE_FLAGS,
             threads=threads,
         )
-    return _Source(frame, colorspace, full, identity)
+    return _Source(frame, colorspace, full, full_range_out, identity)
 
 
 def jfif_frame_planes(
@@ -230,7 +255,7 @@ def jfif_frame_planes(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The frame as JFIF 4:2:0 planes per ``layout`` (check ``can_encode`` first). ``threads``: cores the
     conversion may use."""
-    return _laid_out(_source(frame, threads).jfif_planes(threads=threads), layout)
+    return _laid_out(_source(frame, threads).planes(threads=threads), layout)
 
 
 def _laid_out(
@@ -258,7 +283,7 @@ def encode_jpeg(frame: av.VideoFrame, layout: Layout, quality: int, *, threads: 
         converted: list[float] = []
 
         def half(rows: tuple[int, int]) -> bytes:
-            planes = source.jfif_planes(rows=rows)
+            planes = source.planes(rows=rows)
             if rows[0] == 0:  # (this thread's half)
                 converted.append(time.perf_counter())
             return bytes(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
@@ -267,9 +292,37 @@ def encode_jpeg(frame: av.VideoFrame, layout: Layout, quality: int, *, threads: 
         joined = _join_halves(first, second, frame.height, interval)
         if joined is not None:
             return joined, converted[0]
-    planes = _laid_out(source.jfif_planes(threads=threads), layout)
+    planes = _laid_out(source.planes(threads=threads), layout)
     converted_at = time.perf_counter()
     return encode_planes(planes, quality, threads=threads), converted_at
+
+
+def encode_webp(
+    frame: av.VideoFrame, layout: Layout, quality: int, method: int, *, threads: int = 1
+) -> tuple[bytes, float]:
+    """The lossy WebP of ``frame`` per ``layout`` (check ``can_encode`` first) from its planes in VP8's
+    YCbCr (BT.601, limited range), and when (``perf_counter``) the conversion was done. libwebp through
+    FFmpeg: the library Pillow's WebP encodes with, handed the planes instead of RGB (a 1080p frame in
+    26 ms where the RGB path takes 46, and 1 dB closer to the rendered frame). ``method``: libwebp's
+    effort, 0 (fastest) to 6."""
+    converted = _source(frame, threads, full_range_out=False).converted(threads=threads)
+    if layout.transpose is not None:
+        converted = _yuv420p_frame(_laid_out(_planes(converted), layout))
+    converted_at = time.perf_counter()
+    codec = av.CodecContext.create("libwebp", "w")
+    codec.width, codec.height, codec.pix_fmt = converted.width, converted.height, "yuv420p"
+    codec.time_base = Fraction(1, 1)
+    codec.options = {"quality": str(quality), "compression_level": str(method), "lossless": "0"}
+    data = b"".join(bytes(packet) for packet in (*codec.encode(converted), *codec.encode(None)))
+    return data, converted_at
+
+
+def _yuv420p_frame(planes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> av.VideoFrame:
+    y = planes[0]
+    frame = av.VideoFrame(y.shape[1], y.shape[0], "yuv420p")
+    for plane, values in zip(frame.planes, planes, strict=True):
+        np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width] = values
+    return frame
 
 
 def _split(height: int, width: int) -> tuple[int, int] | None:

@@ -1,8 +1,10 @@
-"""JPEG straight from the YUV planes (app/engine/yuvjpeg.py) against the RGB path it stands in for.
+"""JPEG and WebP straight from the YUV planes (app/engine/yuvencode.py) against the RGB path they stand
+in for.
 
-The RGB path (``render_frame``, then Pillow's JPEG encoder) is checked against the ffmpeg CLI in
-test_render.py; here the fast path must give the same picture as that path: the same colours (known RGB
-patches, every matrix and range), the same orientation and size, and pixels within JPEG's own noise.
+The RGB path (``render_frame``, then Pillow's encoder) is checked against the ffmpeg CLI in
+test_render.py; here the fast paths must give the same picture as that path: the same colours (known
+RGB patches, every matrix and range), the same orientation and size, and pixels within the codec's own
+noise.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import simplejpeg
 from av.video.reformatter import ColorRange
 from PIL import Image
 
-from app.engine import yuvjpeg
+from app.engine import yuvencode
 from app.engine.encode import encode_frame, encode_image
 from app.engine.options import EncodeOptions, RenderOptions
 from app.engine.render import plan_frame, render_frame
@@ -40,16 +42,27 @@ __all__ = ["clips"]  # the module-scoped fixture, shared with test_render
 JPEG = EncodeOptions(format="jpeg")
 
 
-def _decoded(data: bytes) -> np.ndarray:
+def _decoded(data: bytes, image_format: str = "JPEG") -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "JPEG"
+        assert image.format == image_format
         return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def _webp_fast(frame: av.VideoFrame, stream: object, options: RenderOptions, quality: int = 80) -> np.ndarray:
+    layout, region = plan_frame(frame, options, stream=stream)
+    assert yuvencode.can_encode(frame, layout, region, options.dynamic_range)
+    return _decoded(yuvencode.encode_webp(frame, layout, quality, 2)[0], "WEBP")
+
+
+def _webp_slow(frame: av.VideoFrame, stream: object, options: RenderOptions, quality: int = 80) -> np.ndarray:
+    image = render_frame(frame, options, stream=stream)
+    return _decoded(encode_image(image, EncodeOptions(format="webp", quality=quality)), "WEBP")
 
 
 def _fast(frame: av.VideoFrame, stream: object, options: RenderOptions, quality: int = 85) -> bytes:
     layout, region = plan_frame(frame, options, stream=stream)
-    assert yuvjpeg.can_encode(frame, layout, region, options.dynamic_range)
-    return yuvjpeg.encode_planes(yuvjpeg.jfif_frame_planes(frame, layout), quality)
+    assert yuvencode.can_encode(frame, layout, region, options.dynamic_range)
+    return yuvencode.encode_planes(yuvencode.jfif_frame_planes(frame, layout), quality)
 
 
 def _slow(frame: av.VideoFrame, stream: object, options: RenderOptions, quality: int = 85) -> bytes:
@@ -82,6 +95,50 @@ def test_colour_patches(tmp_path: Path, size: tuple[int, int], matrix: str, rng:
             Image.fromarray(_decoded(_fast(wrong, stream, RenderOptions(), quality=95)).astype(np.uint8))
         )
         assert np.abs(got_wrong - expected).max() > 10
+
+
+@pytest.mark.parametrize(
+    ("matrix", "rng", "tag"),
+    [("bt709", "tv", True), ("smpte170m", "tv", True), ("smpte170m", "pc", True), ("bt2020nc", "tv", True)],
+)
+def test_webp_colour_patches(tmp_path: Path, matrix: str, rng: str, tag: bool) -> None:
+    """WebP from the planes in VP8's YCbCr (BT.601, limited range; BT.601 limited goes out untouched):
+    within 3 codes of each patch (a full-range source loses a little to VP8's limited range: Pillow's
+    WebP of the RGB picture misses by as much), and no further off than that."""
+    frame, stream = first_frame(make_patch_clip(tmp_path, size=(640, 360), matrix=matrix, rng=rng, tag=tag))
+    expected = np.array(PATCHES, dtype=np.float64)
+
+    def error(decoded: np.ndarray) -> float:
+        return float(np.abs(_patch_means(Image.fromarray(decoded.astype(np.uint8))) - expected).max())
+
+    fast = error(_webp_fast(frame, stream, RenderOptions(), quality=95))
+    assert fast <= 3
+    assert fast <= error(_webp_slow(frame, stream, RenderOptions(), quality=95)) + 0.5
+
+
+@pytest.mark.parametrize("name", ["plain", "rot90_hflip", "rot270", "vflip"])
+def test_webp_is_the_picture_of_the_rgb_path(clips: dict[str, Path], name: str) -> None:
+    """Orientation and colours, against Pillow's WebP of the rendered frame (the same libwebp settings)."""
+    frame, stream = first_frame(clips[name])
+    options = RenderOptions(aperture="encoded")
+    fast, slow = _webp_fast(frame, stream, options), _webp_slow(frame, stream, options)
+    assert fast.shape == slow.shape
+    assert psnr(fast, slow) > 30
+    assert np.abs(fast.mean(axis=(0, 1)) - slow.mean(axis=(0, 1))).max() < 1.5
+
+
+def test_webp_from_ten_bit_planes_and_its_effort(tmp_path: Path) -> None:
+    path = make_clip(
+        tmp_path, "ten.mp4", src="testsrc2=s=320x240:r=10", encode=["-c:v", "libx264", "-pix_fmt", "yuv420p10le"]
+    )
+    frame, stream = first_frame(path)
+    assert psnr(_webp_fast(frame, stream, RenderOptions()), _webp_slow(frame, stream, RenderOptions())) > 28
+    layout = plan_frame(frame, RenderOptions(), stream=stream)[0]
+    quick, thorough = (yuvencode.encode_webp(frame, layout, 80, method)[0] for method in (0, 6))
+    assert quick != thorough  # the method reaches libwebp
+    data, _, timings = encode_frame(frame, RenderOptions(), EncodeOptions(format="webp"), stream=stream)
+    assert data == yuvencode.encode_webp(frame, layout, 80, EncodeOptions().webp_method)[0]  # encode_frame's path
+    assert timings["render"] > 0 and timings["encode"] > 0
 
 
 @pytest.mark.parametrize("name", ["plain", "rot90_hflip", "rot270", "vflip", "sar2"])
@@ -120,7 +177,7 @@ def test_odd_sizes_take_the_rgb_path(tmp_path: Path, size: str) -> None:
     frame, stream = first_frame(make_clip(tmp_path, f"s{size}.avi", src=src, encode=["-c:v", "mpeg4"]))
     assert (frame.width, frame.height) == (w, h)
     layout, region = plan_frame(frame, RenderOptions(), stream=stream)
-    assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
+    assert not yuvencode.can_encode(frame, layout, region, "sdr")
     data, out_size, _ = encode_frame(frame, RenderOptions(), JPEG, stream=stream)
     assert out_size == (w, h) and _decoded(data).shape == (h, w, 3)
 
@@ -140,7 +197,7 @@ def test_ten_bit_sdr(tmp_path: Path) -> None:
 def test_plane_transposes_match_pillow(transpose: Image.Transpose) -> None:
     plane = np.random.default_rng(1).integers(0, 256, (5, 7), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(plane).transpose(transpose))
-    assert np.array_equal(yuvjpeg._PLANE_TRANSPOSES[transpose](plane), expected)
+    assert np.array_equal(yuvencode._PLANE_TRANSPOSES[transpose](plane), expected)
 
 
 def _yuv420p_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray, pix_fmt: str = "yuv420p") -> av.VideoFrame:
@@ -181,7 +238,7 @@ def test_conversion_matches_the_matrix(colorspace: int, kr: float, kb: float, fu
     for luma in (16, 126, 235):
         y = np.full((rows * 2, cols * 2), luma * step, dtype=dtype)
         frame = _yuv420p_frame(y, u, v, "yuv420p" if depth == 8 else "yuv420p10le")
-        jy, jcb, jcr = yuvjpeg._planes(yuvjpeg.jfif_frame(frame, colorspace, full_range))
+        jy, jcb, jcr = yuvencode._planes(yuvencode.bt601_frame(frame, colorspace, full_range))
         scale, black = (255.0 * step if depth == 8 else 1023.0, 0) if full_range else (219.0 * step, 16 * step)
         chroma_scale = (255.0 * step if depth == 8 else 1023.0) if full_range else 224.0 * step
         centre = 128.0 * step
@@ -210,8 +267,8 @@ def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
             frame = _yuv420p_frame(y, u, v)
             alone = [
                 p.copy()
-                for p in yuvjpeg._planes(
-                    yuvjpeg._JfifConversion(width, height, "yuv420p", colorspace, full, 1, None)(frame)
+                for p in yuvencode._planes(
+                    yuvencode._Conversion(width, height, "yuv420p", colorspace, full, True, 1, None)(frame)
                 )
             ]
             cases.append((frame, colorspace, full, alone))
@@ -220,7 +277,9 @@ def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
         return all(
             all(
                 np.array_equal(a, b)
-                for a, b in zip(yuvjpeg._planes(yuvjpeg.jfif_frame(f, c, full, threads=threads)), alone, strict=True)
+                for a, b in zip(
+                    yuvencode._planes(yuvencode.bt601_frame(f, c, full, threads=threads)), alone, strict=True
+                )
             )
             for _ in range(3)
             for f, c, full, alone in cases
@@ -234,19 +293,19 @@ def test_encode_frame_picks_the_path(clips: dict[str, Path]) -> None:
     """JPEG of a plain layout comes from the planes; pad, cover crops and other formats from RGB."""
     frame, stream = first_frame(clips["plain"])
     plain, _ = plan_frame(frame, RenderOptions(), stream=stream)
-    assert yuvjpeg.can_encode(frame, plain, None, "sdr")
+    assert yuvencode.can_encode(frame, plain, None, "sdr")
     for options in (
         RenderOptions(width=100, height=100, fit="pad"),
         RenderOptions(width=100, height=100, fit="cover"),
         RenderOptions(width=100, height=100, fit="fill"),
     ):
         layout, region = plan_frame(frame, options, stream=stream)
-        assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
+        assert not yuvencode.can_encode(frame, layout, region, "sdr")
         data, size, _ = encode_frame(frame, options, JPEG, stream=stream)
         assert size == (100, 100) and _decoded(data).shape == (100, 100, 3)
     rgb = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
     layout, region = plan_frame(rgb, RenderOptions())
-    assert not yuvjpeg.can_encode(rgb, layout, region, "sdr")
+    assert not yuvencode.can_encode(rgb, layout, region, "sdr")
     data, size, timings = encode_frame(frame, RenderOptions(), JPEG, stream=stream)
     assert size == (320, 240) and set(timings) == {"render", "encode"}
     assert psnr(_decoded(data), _decoded(_slow(frame, stream, RenderOptions()))) > 30
@@ -256,8 +315,8 @@ def test_hdr_to_sdr_takes_the_tone_mapping_path() -> None:
     frame = av.VideoFrame.from_ndarray(np.full((24, 16), 512, dtype=np.uint16), format="yuv420p10le")
     frame.color_trc = 16  # PQ
     layout, region = plan_frame(frame, RenderOptions())
-    assert not yuvjpeg.can_encode(frame, layout, region, "sdr")
-    assert yuvjpeg.can_encode(frame, layout, region, "native")
+    assert not yuvencode.can_encode(frame, layout, region, "sdr")
+    assert yuvencode.can_encode(frame, layout, region, "native")
 
 
 def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
@@ -301,14 +360,14 @@ def test_jpeg_converted_half_by_half_is_the_jpeg_of_the_converted_picture(
     whole picture converted, then encoded (on one core or two), and a turned picture goes the whole way."""
     frame = _random_frame(width, height, pix_fmt, colorspace, color_range, seed=width + height)
     plain = plan_frame(frame, RenderOptions())[0]
-    expected = yuvjpeg.encode_planes(yuvjpeg.jfif_frame_planes(frame, plain), 85)
+    expected = yuvencode.encode_planes(yuvencode.jfif_frame_planes(frame, plain), 85)
     for threads in (1, 2, 3):
-        data, converted_at = yuvjpeg.encode_jpeg(frame, plain, 85, threads=threads)
+        data, converted_at = yuvencode.encode_jpeg(frame, plain, 85, threads=threads)
         assert data == expected, threads
         assert converted_at <= time.perf_counter()
     turned = dataclasses.replace(plain, transpose=Image.Transpose.ROTATE_90, size=(height, width))
-    rotated = yuvjpeg.encode_planes(yuvjpeg.jfif_frame_planes(frame, turned), 85)
-    assert yuvjpeg.encode_jpeg(frame, turned, 85, threads=2)[0] == rotated
+    rotated = yuvencode.encode_planes(yuvencode.jfif_frame_planes(frame, turned), 85)
+    assert yuvencode.encode_jpeg(frame, turned, 85, threads=2)[0] == rotated
     assert Image.open(io.BytesIO(rotated)).size == (height, width)
 
 
@@ -333,7 +392,7 @@ def test_jpeg_converted_half_by_half_is_the_jpeg_of_the_converted_picture(
 def test_which_pixel_formats_take_the_planes(pix_fmt: str, eligible: bool) -> None:
     frame = av.VideoFrame(64, 48, pix_fmt)
     layout, region = plan_frame(frame, RenderOptions())
-    assert yuvjpeg.can_encode(frame, layout, region, "sdr") is eligible
+    assert yuvencode.can_encode(frame, layout, region, "sdr") is eligible
     if eligible:
         _decoded(_fast(frame, None, RenderOptions()))  # and they do convert
 
@@ -348,8 +407,8 @@ def test_a_jpeg_encoded_in_halves_decodes_to_the_same_pixels(height: int, width:
     u = rng.integers(60, 200, (height // 2, width // 2), dtype=np.uint8)
     v = np.ascontiguousarray(ramp[::2, ::2])
     whole = bytes(simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=85))
-    halves = yuvjpeg.encode_planes((y, u, v), 85, threads=2)
-    assert halves == yuvjpeg.encode_planes((y, u, v), 85)  # the bytes do not depend on the threads
+    halves = yuvencode.encode_planes((y, u, v), 85, threads=2)
+    assert halves == yuvencode.encode_planes((y, u, v), 85)  # the bytes do not depend on the threads
     assert halves != whole and len(halves) - len(whole) < 64  # really joined, and no bigger to speak of
     for decode in (
         lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),  # libjpeg(-turbo)
@@ -361,4 +420,4 @@ def test_a_jpeg_encoded_in_halves_decodes_to_the_same_pixels(height: int, width:
 def test_small_pictures_are_encoded_whole() -> None:
     y = np.zeros((200, 320), np.uint8)
     u = v = np.full((100, 160), 128, np.uint8)
-    assert yuvjpeg.encode_planes((y, u, v), 85, threads=2) == yuvjpeg.encode_planes((y, u, v), 85)
+    assert yuvencode.encode_planes((y, u, v), 85, threads=2) == yuvencode.encode_planes((y, u, v), 85)
