@@ -108,13 +108,13 @@ def table(results: dict[str, Any]) -> list[str]:
                     )
                 )
     formats = sc.get("formats")
-    if isinstance(formats, dict) and "http" in formats:
-        jpeg = (formats["http"].get("jpeg") or {}).get("p50_ms")
-        for fmt, m in formats["http"].items():
+    for asset, by_format in (formats.get("http") or {}).items() if isinstance(formats, dict) else []:
+        jpeg = (by_format.get("jpeg") or {}).get("p50_ms")
+        for fmt, m in by_format.items():
             rows.append(
                 (
                     "formats",
-                    formats["asset"],
+                    asset,
                     f"{fmt} keyframe grab, {m.get('bytes_p50')} B",
                     str(m.get("n")),
                     _fmt(m.get("p50_ms")),
