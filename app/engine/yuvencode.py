@@ -212,21 +212,14 @@ class _Source:
         self, *, threads: int = 1, rows: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The target's planes of the frame, or of its ``rows`` (first, count; both even)."""
+        if rows is None:
+            return _planes(self.converted(threads=threads))
         if not self.identity:
             return _planes(
-                bt601_frame(
-                    self.frame,
-                    self.colorspace,
-                    self.full_range,
-                    full_range_out=self.full_range_out,
-                    threads=threads,
-                    rows=rows,
-                )
+                bt601_frame(self.frame, self.colorspace, self.full_range, full_range_out=self.full_range_out, rows=rows)
             )
-        y, u, v = _planes(self.frame)
-        if rows is None:
-            return y, u, v
         first, count = rows
+        y, u, v = _planes(self.frame)
         return y[first : first + count], u[first // 2 : (first + count) // 2], v[first // 2 : (first + count) // 2]
 
 
