@@ -216,7 +216,14 @@ class _Source:
             return _planes(self.converted(threads=threads))
         if not self.identity:
             return _planes(
-                bt601_frame(self.frame, self.colorspace, self.full_range, full_range_out=self.full_range_out, rows=rows)
+                bt601_frame(
+                    self.frame,
+                    self.colorspace,
+                    self.full_range,
+                    full_range_out=self.full_range_out,
+                    threads=threads,
+                    rows=rows,
+                )
             )
         first, count = rows
         y, u, v = _planes(self.frame)
