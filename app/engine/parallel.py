@@ -1,6 +1,6 @@
-"""The helper threads that split one picture's work (colour conversion, JPEG halves, tone mapping)
-across the cores a grab may use. numpy, libjpeg-turbo and swscale let go of the GIL, so the parts
-really run side by side.
+"""The helper threads that split one picture's work (a JPEG's halves, HDR tone mapping's blocks)
+across the cores a grab may use. numpy, libjpeg-turbo and FFmpeg's filters let go of the GIL, so the
+parts really run side by side.
 
 Where the thread asking for help runs matters: Linux often wakes a helper on the waker's own core
 (measured on 2-core VMs after a frame-threaded decode: about half of the grabs), where it waits for

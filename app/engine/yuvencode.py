@@ -57,7 +57,7 @@ _YUV_FAMILIES = ("yuv", "nv", "p0", "p2", "p4")  # yuv4xxp*, nv12/nv21/nv16..., 
 # swscale's pass to 8 bits first would dither, then the filter round again: 4K 10-bit 5.7 -> 1.0 ms).
 _FILTER_INPUTS = ("yuv420p", "yuv420p10le", "yuv420p12le")
 
-_MIN_BAND_ROWS = 256  # smaller pictures encode in ~1 ms: not worth a hand-off
+_MIN_HALF_ROWS = 256  # a picture under two halves of this encodes whole (~1 ms: not worth a hand-off)
 
 
 class _Conversion:
@@ -330,7 +330,7 @@ def _split(height: int, width: int) -> tuple[int, int] | None:
     least half the picture; its MCUs, the restart interval), or None to encode it whole."""
     top = -(-height // 32) * 16
     interval = (top // 16) * -(-width // 16)
-    if height < 2 * _MIN_BAND_ROWS or top >= height or interval > 0xFFFF:
+    if height < 2 * _MIN_HALF_ROWS or top >= height or interval > 0xFFFF:
         return None
     return top, interval
 
