@@ -190,6 +190,28 @@ def make_clip(
     return path
 
 
+def cut_clip(source: Path, path: Path, at: float) -> Path:
+    """``source`` from ``at`` seconds on, cut as a stream copy (``ffmpeg -ss AT -i SOURCE -c copy``): the
+    copy starts at the keyframe before ``at``, and an MP4 edit list hides the pictures before the cut,
+    that keyframe among them. Returns ``path``; an existing file is kept as is."""
+    if path.exists():
+        return path
+    scratch = path.with_name(f".{path.stem}.partial{path.suffix}")
+    args = ["-ss", str(at), "-i", str(source), "-c", "copy", "-an", str(scratch)]
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        scratch.unlink(missing_ok=True)
+        raise ClipError(f"ffmpeg could not cut {source.name}: {proc.stderr.decode('utf-8', 'replace')[-800:]}")
+    scratch.rename(path)
+    return path
+
+
 # --------------------------------------------------------------------------- running the engine
 
 # Big pictures cost the engine ~0.1-0.6 s each at full size (colour conversion and PNG): above

@@ -17,7 +17,8 @@ from app.engine.errors import EngineError
 from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
 from app.engine.options import EncodeOptions, GrabOptions, SourceLimits
 from app.engine.sources import resolve_source
-from tests.media import make_clip
+from tests import oracle
+from tests.media import check_conformance, cut_clip, make_clip
 
 PNG = EncodeOptions(format="png")
 
@@ -280,3 +281,32 @@ def test_a_reused_keyframe_carries_its_image_if_another_render_finishes_meanwhil
         generator._last_image = None  # as if another frame's render had just replaced it
         image = generator._image_of(reused, pipelined=False).result()
         assert image[0] == first.image
+
+
+def test_a_clip_cut_mid_gop_takes_one_seek_per_grab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip cut from a longer one without re-encoding starts mid-GOP: an edit list hides the pictures
+    before the cut, its first keyframe among them, so the decoder decodes that keyframe but never outputs
+    it. The frames after it are still sound, and a grab in that first GOP takes one seek, where waiting
+    for a keyframe to come out walked back five times and then decoded from the very start (the iPhone
+    clip in the corpus, 1080p HEVC: 1.9 s -> 0.3 s for t = 0.468). Every answer is the ffmpeg CLI's."""
+    source = make_clip(tmp_path / "source.mp4", frames=100, gop=25, bframes=3)
+    cut = cut_clip(source, tmp_path / "cut.mp4", 1.5)  # keyframes at 1 s (hidden) and 2 s of the source
+    with av.open(str(cut)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+    assert packets[0].is_keyframe and packets[0].is_discard  # what this test is about
+    check_conformance(oracle.probe(cut))
+    for t in ("0", "0.2", "0.44", "0.48"):  # the second keyframe shows at 0.48
+        with ImageGenerator(cut, GrabOptions(encode=PNG)) as generator:
+            seeks = _seeks_and_reopens(generator, monkeypatch)
+            result = generator.image_at(t)
+        assert seeks == [1], (t, seeks)
+        assert result.actual_time == Fraction(t)  # (each a frame time)
+
+
+def _seeks_and_reopens(generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets a 1 for each seek the generator makes, and a 0 for each reopen."""
+    seeks: list[int] = []
+    real_seek, real_reopen = generator._seek, generator._reopen
+    monkeypatch.setattr(generator, "_seek", lambda *a, **k: seeks.append(1) or real_seek(*a, **k))
+    monkeypatch.setattr(generator, "_reopen", lambda: seeks.append(0) or real_reopen())
+    return seeks

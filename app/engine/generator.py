@@ -805,6 +805,7 @@ class ImageGenerator:
         errors = 0
         produced = 0
         decoded_pts: list[int] = []  # pts of the packets decoded so far, sorted
+        hidden_key: int | None = None  # pts of a keyframe decoded after the seek but hidden by an edit list
         given_pts: set[int] = set()  # pts of the frames given out so far
         for packet in self._container.demux(stream):
             if packet.pts is not None and packet.dts is not None and packet.pts < packet.dts:
@@ -833,6 +834,8 @@ class ImageGenerator:
                 continue
             if packet.pts is not None:
                 bisect.insort(decoded_pts, packet.pts)
+                if not trusted and hidden_key is None and packet.is_keyframe and packet.is_discard:
+                    hidden_key = packet.pts
             for frame in frames:
                 if self._dts_clock:
                     # Frames flushed at the end carry no DTS: the clock runs on by their duration.
@@ -851,7 +854,10 @@ class ImageGenerator:
                 elif pts is None:
                     continue
                 produced += 1
-                if not trusted and not frame.key_frame:
+                # Trusted from the first keyframe out of the decoder, or from the first picture at or after
+                # a keyframe it decoded but does not output (before an edit list's start: a clip that
+                # starts mid-GOP). Pictures before either are an open GOP's leading ones.
+                if not trusted and not frame.key_frame and (hidden_key is None or pts < hidden_key):
                     continue
                 trusted = True
                 decoded = _Decoded(frame, int(pts))
