@@ -18,7 +18,7 @@ from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
 from app.engine.options import EncodeOptions, GrabOptions, SourceLimits
 from app.engine.sources import resolve_source
 from tests import oracle
-from tests.media import check_conformance, cut_clip, make_clip
+from tests.media import check_conformance, cut_clip, ffmpeg_exe, make_clip
 
 PNG = EncodeOptions(format="png")
 
@@ -187,6 +187,47 @@ def test_hls_playlists_through_sources(corpus: Path) -> None:
     for url, expected in [("hls_ts/manifest.m3u8", Fraction(1)), ("hls_fmp4/playlist.m3u8", Fraction(29029, 30000))]:
         with ImageGenerator(resolve_source(url, settings), GrabOptions(encode=PNG)) as generator:
             assert generator.image_at("1").actual_time == expected
+
+
+@pytest.fixture(scope="module")
+def hls_vod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished HLS playlist of ten 2 s MPEG-TS segments (25 fps, a keyframe each second)."""
+    folder = tmp_path_factory.mktemp("hls")
+    source = make_clip(folder / "source.mp4", frames=500, gop=25, bframes=2)
+    args = ["-i", str(source), "-c", "copy", "-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"]
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args, str(folder / "vod.m3u8")], check=True
+    )
+    return folder / "vod.m3u8"
+
+
+def test_hls_grabs_that_seek_back_into_the_segment_read_last(hls_vod: Path) -> None:
+    """Seeking back into the segment read last reopens it. FFmpeg counted such reopenings as reloads
+    without new segments and, past a low cap we had set against live playlists, ended the stream there:
+    15.5 s then got the last frame before that segment (13.96 s) as if past the end. Each answer here
+    is the CLI's, on one generator, in an order that seeks back and forth."""
+    info = oracle.probe(hls_vod)
+    with ImageGenerator(hls_vod, GrabOptions(encode=PNG)) as generator:
+        for t in ("15", "14", "15.5", "3", "19.9", "14.2", "15.1"):
+            index = info.frame_at(Fraction(t))
+            assert index is not None
+            assert generator.image_at(t).actual_time == info.frames[index].time - info.frames[0].time, t
+
+
+def test_a_live_hls_playlist_is_read_as_the_segments_it_lists(hls_vod: Path) -> None:
+    """A playlist without #EXT-X-ENDLIST (live, or an event still being written) is the video listed so
+    far, from its first segment: no wait for more, no start a few segments before the end (FFmpeg's way
+    for live playback)."""
+    live = hls_vod.with_name("live.m3u8")
+    live.write_text(hls_vod.read_text().replace("#EXT-X-ENDLIST", "").replace("#EXT-X-PLAYLIST-TYPE:VOD", ""))
+    with (
+        ImageGenerator(hls_vod, GrabOptions(encode=PNG)) as finished,
+        ImageGenerator(live, GrabOptions(encode=PNG)) as now,
+    ):
+        assert now.duration == finished.duration
+        for t in ("0", "9.5", "19.96"):
+            ours, theirs = now.image_at(t), finished.image_at(t)
+            assert (ours.actual_time, ours.image) == (theirs.actual_time, theirs.image), t
 
 
 def test_cli_grab_writes_files_and_prints_times(clip: Path, tmp_path: Path) -> None:

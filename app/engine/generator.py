@@ -51,10 +51,11 @@ _DEMUXER_OPTIONS = {
     # Every byte comes through our own I/O (the source's reader, nested opens via _NestedOpener),
     # so FFmpeg may open no protocol at all itself: "none" matches none.
     "protocol_whitelist": "none",
-    # A live HLS playlist (no #EXT-X-ENDLIST) would be polled for new segments until the deadline:
-    # reload it once at most and give up on segments that never come.
+    # A live HLS playlist is read as the snapshot it is (see _ended_playlist); should one get past
+    # that, it is reloaded once at most. (Not m3u8_hold_counters: FFmpeg counts every reopening of the
+    # segment read last as a reload without news, a seek back into it among them, so a low cap turned
+    # such seeks into an end of stream, and frames after it into "past the end".)
     "max_reload": "1",
-    "m3u8_hold_counters": "2",
 }
 
 _AV_TIME_BASE = 1_000_000
@@ -211,7 +212,7 @@ class ImageGenerator:
         if isinstance(source, str | Path):
             source = _TrustedFile(Path(source))
         try:
-            self._file = _Named(source.open(), source.display_name)
+            self._file = _Named(_ended_playlist(source.open()), source.display_name)
             io_open = _NestedOpener(source)
         except OSError as exc:
             raise EngineError("source_not_found", "the source could not be opened") from exc
@@ -1042,6 +1043,26 @@ class _TrustedFile:
         return (self.path.parent / url).open("rb")
 
 
+_PLAYLIST_MAX_BYTES = 8 * 1024 * 1024  # a larger "playlist" is handed over as it is
+
+
+def _ended_playlist(raw: BinaryIO) -> BinaryIO:
+    """``raw``, unless it is an HLS media playlist without ``#EXT-X-ENDLIST`` (a live or event one): then
+    that playlist with the tag added. A still comes from the segments listed now, read as a finished
+    video from the first of them: FFmpeg would otherwise start a few segments before the end, reload the
+    playlist and wait for segments that may never come."""
+    head = raw.read(16)
+    if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U"):
+        raw.seek(0)
+        return raw
+    text = head + raw.read(_PLAYLIST_MAX_BYTES)
+    if len(text) > _PLAYLIST_MAX_BYTES or b"#EXTINF" not in text or b"#EXT-X-ENDLIST" in text:
+        raw.seek(0)
+        return raw
+    raw.close()
+    return io.BytesIO(text + b"\n#EXT-X-ENDLIST\n")
+
+
 class _NestedOpener:
     """FFmpeg asks for nested resources (HLS playlists, segments) through this, never by itself:
     each goes through the source's own rules (media-root confinement or the SSRF guard), and there
@@ -1059,7 +1080,7 @@ class _NestedOpener:
         try:
             if self.opens > self.MAX_OPENS:
                 raise EngineError("unsupported_media", "the playlist refers to too many resources")
-            return self.source.open_related(url)
+            return _ended_playlist(self.source.open_related(url))
         except EngineError as exc:
             self.refusal = self.refusal or exc
             raise
