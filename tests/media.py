@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -245,13 +247,16 @@ def run_engine(
     *,
     box: tuple[int, int] | None = None,
     percents: Sequence[int] = (),
+    shuffle: random.Random | None = None,
 ) -> EngineRun:
     """Ask the engine for every request in one ``images_for`` call; reduce its answers for ``judge``.
 
-    ``percents`` adds requests like "50%", resolved against the engine's own duration.
+    ``percents`` adds requests like "50%", resolved against the engine's own duration. With ``shuffle``,
+    the requests go one at a time, in an order it draws, to the one generator, as a decoder worker's
+    open asset meets them: every seek, continuation and reuse between unrelated grabs is exercised.
     """
     from app.engine.errors import EngineError
-    from app.engine.generator import FrameFailure, ImageGenerator
+    from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
 
     started = time.perf_counter()
     try:
@@ -268,7 +273,13 @@ def run_engine(
         specs: list[str | Fraction] = [r.t if r.spec is None else r.spec for r in requests]
         answers: list[Answer] = []
         try:
-            for request, item in zip(requests, generator.images_for(specs), strict=False):
+            items: Iterable[FrameResult | FrameFailure] = generator.images_for(specs)
+            if shuffle is not None:
+                one_by_one: dict[int, FrameResult | FrameFailure] = {}
+                for index in shuffle.sample(range(len(specs)), len(specs)):
+                    one_by_one[index] = next(iter(generator.images_for([specs[index]])))
+                items = [one_by_one[index] for index in range(len(specs))]
+            for request, item in zip(requests, items, strict=False):
                 if isinstance(item, FrameFailure):
                     answers.append(Answer(request.t, error_code=item.error.code, error_status=item.error.status))
                 elif item.requested_time != request.t:
@@ -307,11 +318,13 @@ def check_conformance(
     damaged: bool = False,
     percents: Sequence[int] = (50, 100),
     unreliable_pixels: frozenset[int] = frozenset(),
+    random_access: bool = False,
 ) -> EngineRun:
     """Run the engine over the oracle's planned requests; fail the test listing every broken request.
 
     ``damaged``: a 4xx EngineError is an acceptable answer to any request (a frame, where given,
-    must still be the oracle's).
+    must still be the oracle's). ``random_access``: fewer requests, one at a time in a shuffled order
+    on one generator (see ``run_engine``).
     """
     first = info.frames[0]
     big = first.width * first.height > BIG_PICTURE
@@ -319,12 +332,16 @@ def check_conformance(
     size = info_compare_size(info)
     # Damaged files are short: every frame time, since the damage sits between two of them.
     max_frames = len(info.frames) if damaged else 10 if big else 32
-    requests = plan_requests(info, max_frames=max_frames, n_random=4 if big else 8)
+    n_random = 4 if big else 8
+    if random_access:  # the sorted pass covers the frames; this is about getting from one grab to the next
+        max_frames, n_random = min(max_frames, 3 if big else 6), 4
+    requests = plan_requests(info, max_frames=max_frames, n_random=n_random)
     # The oracle's pixel pass (an ffmpeg process) runs while the engine works.
     predicted = requests + percent_requests(info.container_duration, percents)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(decode_frames, info, needed_frames(info, predicted))
-        run = run_engine(info.path, requests, size, box=box, percents=percents)
+        shuffle = random.Random(zlib.crc32(info.name.encode())) if random_access else None
+        run = run_engine(info.path, requests, size, box=box, percents=percents, shuffle=shuffle)
         frames = pending.result()
     frames = decode_frames(info, needed_frames(info, run.requests))  # the engine's own duration may differ
     failures: list[str] = []

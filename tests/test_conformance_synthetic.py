@@ -97,3 +97,17 @@ KNOWN_DIVERGENCES = {
 )
 def test_frame_at_time_matches_ffmpeg(clip_dir: Path, name: str) -> None:
     check_conformance(oracle.probe(_clip(clip_dir, name)))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DIVERGENCES[n], strict=True))
+        if n in KNOWN_DIVERGENCES
+        else n
+        for n in sorted(CLIPS)
+    ],
+)
+def test_random_access_on_one_generator_matches_ffmpeg(clip_dir: Path, name: str) -> None:
+    """The requests one at a time, shuffled, on one generator (see ``run_engine``)."""
+    check_conformance(oracle.probe(_clip(clip_dir, name)), random_access=True)
