@@ -211,7 +211,7 @@ def test_hls_grabs_that_seek_back_into_the_segment_read_last(hls_vod: Path) -> N
         for t in ("15", "14", "15.5", "3", "19.9", "14.2", "15.1"):
             index = info.frame_at(Fraction(t))
             assert index is not None
-            assert generator.image_at(t).actual_time == info.frames[index].time - info.frames[0].time, t
+            assert generator.image_at(t).actual_time == info.frames[index].time, t
 
 
 def test_a_live_hls_playlist_is_read_as_the_segments_it_lists(hls_vod: Path) -> None:
@@ -351,3 +351,20 @@ def _seeks_and_reopens(generator: ImageGenerator, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(generator, "_seek", lambda *a, **k: seeks.append(1) or real_seek(*a, **k))
     monkeypatch.setattr(generator, "_reopen", lambda: seeks.append(0) or real_reopen())
     return seeks
+
+
+def test_a_time_before_the_first_frame_walks_back_no_further_than_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the audio starts first, the asset begins before its first video frame: a time in between
+    gets that first frame. The seek lands on it, after the target; stepping back again would seek to
+    before the start of the asset (where every seek lands the same), so the generator reads from the
+    start at once: one seek, then the start, where it took four more seeks first."""
+    clip = make_clip(tmp_path / "audio_first.mp4", frames=50, gop=25, audio_lead=0.5)
+    with ImageGenerator(clip, GrabOptions(encode=PNG)) as generator:
+        seeks = _seeks_and_reopens(generator, monkeypatch)
+        result = generator.image_at("0.2")
+    info = oracle.probe(clip)
+    assert info.frame_at(Fraction(1, 5)) == 0
+    assert result.actual_time == info.frames[0].time > Fraction(1, 5)
+    assert seeks == [1, 0]

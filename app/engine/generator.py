@@ -533,6 +533,7 @@ class ImageGenerator:
                 seek_to is None
                 or self._synthetic_pts
                 or (self._first_frame_pts is not None and seek_to <= self._first_frame_pts)
+                or seek_to < self._target_pts(Fraction(0))  # before the asset's start: that is the start
             ):
                 frames = self._frames_from_start()
                 trusted_from_start = True
