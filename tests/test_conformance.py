@@ -104,20 +104,8 @@ def test_frame_at_time_matches_ffmpeg(path: Path) -> None:
     )
 
 
-# Answers that depend on what the decoder did before (only on damaged files, where the CLI's answer is
-# the one from decoding straight through).
-RANDOM_ACCESS_DIVERGENCES = {
-    "corrupt_decord.mp4": (
-        "PyAV drops the pictures it has received in the same decode call as a damaged picture's error, which "
-        "the frame-threaded decoder reports a picture or two late: after a seek into the damaged GOP, 2.9 s "
-        "answers the picture before (2.8 s)"
-    ),
-    "corrupt_h264_invalid_nalu.mp4": (
-        "the damaged picture's error surfaces from the frame-threaded decoder while it is drained at the end "
-        "of the file, and PyAV then drops the last pictures the drain still had: a grab near the end that "
-        "seeks there answers 0.834 s where the CLI shows 0.968 s (decoding straight through, they come out)"
-    ),
-}
+# Answers that depend on what the decoder did before (none at present).
+RANDOM_ACCESS_DIVERGENCES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

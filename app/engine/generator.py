@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import av
 import av.error
+from av.codec.context import ThreadType
 
 from app.engine.errors import EngineError
 from app.engine.nal import H264Disposable
@@ -147,6 +148,10 @@ class _Decoded:
 # Given out by the decoder before a packet that can only show after the target, once the frame on
 # screen at the target is out: the answer is certain without decoding on to the next frame.
 _ANSWER_KNOWN = _Decoded(cast(av.VideoFrame, None), -1)
+
+
+class _PicturesDropped(Exception):
+    """A decode error from frame threads: pictures decoded fine may have been lost with it."""
 
 _Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
 _ImageKey = tuple[int, RenderOptions, EncodeOptions]  # a frame (pts) and what it was made into
@@ -468,9 +473,19 @@ class ImageGenerator:
 
     def _frame_for(self, seconds: Fraction) -> _Decoded:
         before, after = self.options.tolerance_before, self.options.tolerance_after
-        if before == 0 and after == 0:
-            return self._exact(seconds)
-        return self._tolerant(seconds, before, after)
+        try:
+            if before == 0 and after == 0:
+                return self._exact(seconds)
+            return self._tolerant(seconds, before, after)
+        except _PicturesDropped:
+            # From now on this asset decodes on one thread, where a damaged picture's error comes with
+            # its own packet, before any picture is received: the same search again, from a seek.
+            self.decode_threads = 1
+            self._reopen()
+            self._previous = self._lookahead = None
+            if before == 0 and after == 0:
+                return self._exact(seconds)
+            return self._tolerant(seconds, before, after)
 
     def _target_pts(self, seconds: Fraction) -> int:
         return math.floor((seconds + self._origin) / self._time_base)
@@ -830,6 +845,10 @@ class ImageGenerator:
             except av.error.EOFError:
                 break
             except (av.error.FFmpegError, ValueError) as exc:
+                if codec.thread_count > 1 and codec.thread_type & ThreadType.FRAME:
+                    # A frame-threaded decoder reports a damaged picture's error a picture or two late,
+                    # and PyAV drops the pictures it had received in the same call: decode again.
+                    raise _PicturesDropped from exc
                 errors += 1
                 if errors > 1000 and produced == 0:
                     raise EngineError("decode_failed", "the video stream could not be decoded") from exc
