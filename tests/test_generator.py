@@ -51,6 +51,35 @@ def test_infinite_tolerance_gives_the_nearest_keyframe(clip: Path) -> None:
             assert result.actual_time == nearest, t
 
 
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("clip.mkv", []),  # cues: PyAV lists only the first keyframe up front
+        ("clip.webm", []),
+        ("clip.flv", []),
+        ("clip.ts", []),  # no index at all
+        ("fragmented.mp4", ["-movflags", "frag_keyframe+empty_moov"]),  # indexed fragment by fragment
+        ("bframes_late_keys.mp4", []),  # a full index, of decode times 2 frames before the keyframes show
+    ],
+)
+def test_nearest_keyframe_without_a_full_index(tmp_path: Path, name: str, extra: list[str]) -> None:
+    """Where the container's index does not list every keyframe up front, the keyframes around t come
+    from the packets after a seek; where it holds decode times, from their presentation times. Before,
+    every tolerance=inf grab of a Matroska, FLV or fragmented MP4 file got its last keyframe (the one
+    index entry, then a seek an hour on), and B-frames tipped near-halfway times to the farther one."""
+    codec = {"clip.webm": "vp9", "clip.flv": "h264"}.get(name, "h264")
+    clip = make_clip(
+        tmp_path / name, codec=codec, frames=150, gop=25, bframes=0 if codec == "vp9" else 3, extra_output=extra
+    )
+    keys = keyframe_times(clip)
+    assert len(keys) >= 5
+    times = [Fraction(t, 100) for t in (0, 40, 149, 151, 260, 374, 410, 590)]
+    with ImageGenerator(clip, tolerant(None, None)) as generator:
+        for t in times:
+            nearest = min(keys, key=lambda k: (abs(k - t), k))
+            assert generator.image_at(t).actual_time == nearest, t
+
+
 def test_window_without_keyframe_gives_a_frame_inside_it(clip: Path) -> None:
     keys = keyframe_times(clip)
     with ImageGenerator(clip, tolerant(Fraction(1, 10), Fraction(1, 10))) as generator:

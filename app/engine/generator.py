@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import functools
 import io
+import itertools
 import math
 import time
 from collections import deque
@@ -150,8 +151,19 @@ class _Decoded:
 _ANSWER_KNOWN = _Decoded(cast(av.VideoFrame, None), -1)
 
 
+@dataclass(frozen=True)
+class _PacketKey:
+    """A keyframe known by its packet's pts (where the container has no full index)."""
+
+    pts: int
+
+
+_KEYFRAME_SCAN_PACKETS = 5000  # packets read past a seek to find a keyframe (a 60 fps GOP of 80 s)
+
+
 class _PicturesDropped(Exception):
     """A decode error from frame threads: pictures decoded fine may have been lost with it."""
+
 
 _Rendered = tuple[bytes, int, int, dict[str, float]]  # image, width, height, timings
 _ImageKey = tuple[int, RenderOptions, EncodeOptions]  # a frame (pts) and what it was made into
@@ -179,6 +191,8 @@ def _render_thread() -> ThreadPoolExecutor:
 class ImageGenerator:
     """Generates images from one asset. Not thread-safe: one generator serves one caller at a time."""
 
+    _key_shift: int | None = None  # a keyframe's pts less its index timestamp (see _index_shift)
+
     def __init__(
         self,
         source: Source | Path | str,
@@ -196,7 +210,7 @@ class ImageGenerator:
         self._file: BinaryIO | io.RawIOBase | None = None
         self._container: Any = None
         self._decode_target: int | None = None
-        self._last_keyframe: tuple[int, int] | None = None  # index entry -> pts of its keyframe
+        self._last_keyframe: tuple[int | _PacketKey, int] | None = None  # index entry or packet -> its pts
         self._last_image: tuple[_ImageKey, _Rendered] | None = None
         self._open()
 
@@ -299,8 +313,15 @@ class ImageGenerator:
         return Fraction(start_us, _AV_TIME_BASE)
 
     def _index_keyframes(self) -> list[int]:
+        """The container's keyframe index, where it lists the whole stream (an MP4's sample table, an
+        AVI's idx1); else nothing. Matroska cues, FLV metadata and fragmented MP4s index some keyframes
+        up front and add others as they are read: the nearest keyframe to t may be missing from them."""
         try:
-            entries = self._stream.index_entries
+            stream = self._stream
+            entries = stream.index_entries
+            complete = self._container.format.name == "avi" or 0 < (stream.frames or 0) <= len(entries)
+            if not complete:
+                return []
             return sorted({e.timestamp for e in entries if e.is_keyframe and not e.is_discard})
         except (AttributeError, av.error.FFmpegError):
             return []
@@ -635,23 +656,28 @@ class ImageGenerator:
 
     def _keyframe_candidates(
         self, seconds: Fraction, low: Fraction | None, high: Fraction | None
-    ) -> list[int | _Decoded]:
+    ) -> list[int | _Decoded | _PacketKey]:
         """Keyframes to try, nearest to t first: index timestamps to decode, or frames already decoded
         while probing a container that has no index."""
         if self._synthetic_pts:
             return []
         margin = Fraction(1, 2)  # index timestamps can be DTS: the decoded PTS is checked afterwards
-        keys: list[int | _Decoded]
+        keys: list[int | _Decoded | _PacketKey]
+        shift = 0
         if self._keyframes:
             # The index is sorted: the 4 nearest to t are among the 4 on either side of it (a film has
             # thousands of entries, too many to sort by Fraction distance on every grab).
             at = bisect.bisect_left(self._keyframes, self._target_pts(seconds))
             keys = [*self._keyframes[max(0, at - 4) : at + 4]]
-        else:
+            if keys and not self._dts_clock:
+                shift = self._index_shift(self._keyframes[max(0, at - 1)])
+        elif self._dts_clock:
             keys = [*self._probe_keyframes(seconds)]
+        else:
+            keys = [*self._keyframe_packets_around(seconds)]
 
-        def time_of(key: int | _Decoded) -> Fraction:
-            return self._time_of(key if isinstance(key, int) else key.pts)
+        def time_of(key: int | _Decoded | _PacketKey) -> Fraction:
+            return self._time_of(key + shift if isinstance(key, int) else key.pts)
 
         window = [
             k
@@ -688,8 +714,93 @@ class ImageGenerator:
         self._decoder_live = False
         return list(found.values())
 
-    def _keyframe_at(self, timestamp: int | _Decoded) -> _Decoded | None:
-        """Decode the keyframe of an index entry (or take one the probe already decoded)."""
+    def _index_shift(self, entry: int) -> int:
+        """How far a keyframe's presentation time is from its index timestamp (the index holds decode
+        times; B-frames put a keyframe's presentation some frames later), so that "nearest to t" is by
+        presentation time: learnt from one keyframe packet (its pts), then from every keyframe decoded."""
+        if self._key_shift is None:
+            self._key_shift = 0
+            found = self._keyframe_packet_pts(entry)
+            if found is not None and self._plausible_shift(entry, found - entry):
+                self._key_shift = found - entry
+        return self._key_shift
+
+    def _plausible_shift(self, entry: int, shift: int) -> bool:
+        """Under half the way to the neighbouring entries: more, and the seek found another keyframe."""
+        at = bisect.bisect_left(self._keyframes, entry)
+        neighbours = self._keyframes[max(0, at - 1) : at + 2]
+        gaps = [b - a for a, b in itertools.pairwise(neighbours) if b > a]
+        return abs(shift) * 2 < min(gaps, default=math.ceil(2 / self._time_base))
+
+    def _keyframe_packets_around(self, seconds: Fraction) -> list[_PacketKey]:
+        """Without a full index: the last keyframe at or before t and the first after it, from the
+        packets after a seek (read, not decoded). A seek may land on an earlier keyframe than the one
+        before t (sparse cues, MPEG-TS bisection), hence the reading on to t; one that lands past t
+        backs off as exact grabs do."""
+        duration = self.duration
+        clamped = max(min(seconds, duration) if duration is not None else seconds, Fraction(0))
+        target = self._target_pts(clamped)
+        for step in (Fraction(0), *_BACKOFF_SECONDS, None):
+            aim = None if step is None else target - math.ceil(step / self._time_base)
+            try:
+                if aim is None or aim < self._target_pts(Fraction(0)):
+                    self._reopen()
+                    step = None
+                else:
+                    self._seek(aim)
+            except av.error.FFmpegError:
+                continue
+            self._at_start = False
+            before, after = self._scan_keyframe_packets(target)
+            if before is not None or step is None:
+                return [_PacketKey(pts) for pts in (before, after) if pts is not None]
+        return []
+
+    def _scan_keyframe_packets(self, target: int) -> tuple[int | None, int | None]:
+        before: int | None = None
+        try:
+            for count, packet in enumerate(self._container.demux(self._stream)):
+                if packet.size == 0 or count > _KEYFRAME_SCAN_PACKETS:
+                    break
+                if packet.pts is None or not packet.is_keyframe or packet.is_discard:
+                    continue
+                if packet.pts > target:
+                    return before, packet.pts
+                before = packet.pts
+        except av.error.FFmpegError:
+            pass
+        return before, None
+
+    def _decode_keyframe_packet(self, key: _PacketKey) -> _Decoded | None:
+        """The keyframe whose packet has this pts: seek to it, read on to its packet, decode that one."""
+        codec = self._stream.codec_context
+        for step in (Fraction(0), *_BACKOFF_SECONDS):
+            try:
+                self._seek(key.pts - math.ceil(step / self._time_base))
+            except av.error.FFmpegError:
+                continue
+            codec.skip_frame = "DEFAULT"
+            try:
+                for count, packet in enumerate(self._container.demux(self._stream)):
+                    if packet.size == 0 or count > _KEYFRAME_SCAN_PACKETS:
+                        break
+                    if packet.pts is None or not packet.is_keyframe:
+                        continue
+                    if packet.pts > key.pts:
+                        break  # landed past it: back off
+                    if packet.pts < key.pts:
+                        continue
+                    for frame in [*codec.decode(packet), *codec.decode(None)]:
+                        pts = self._pts_guess.guess(frame.pts, frame.dts)
+                        if frame.key_frame and pts is not None:
+                            return _Decoded(frame, int(pts))
+                    return None
+            except (av.error.FFmpegError, ValueError):
+                return None
+        return None
+
+    def _keyframe_at(self, timestamp: int | _Decoded | _PacketKey) -> _Decoded | None:
+        """Decode the keyframe of an index entry or a packet (or take one the probe already decoded)."""
         if isinstance(timestamp, _Decoded):
             return timestamp
         if self._last_keyframe is not None and self._last_keyframe[0] == timestamp:
@@ -698,8 +809,27 @@ class ImageGenerator:
             pts, last = self._last_keyframe[1], self._last_image
             if last is not None and last[0] == (pts, self.options.render, self.options.encode):
                 return _Decoded(cast(av.VideoFrame, None), pts, last[1])
-        # Index entries carry DTS while demuxers such as mov seek by PTS, so seeking to the entry
-        # itself can land one GOP early: aim just before the next keyframe entry instead.
+        if isinstance(timestamp, _PacketKey):
+            decoded = self._decode_keyframe_packet(timestamp)
+            self._lookahead = None
+            self._decoder_live = False
+            self._last_keyframe = None if decoded is None else (timestamp, decoded.pts)
+            return decoded
+        if not self._seek_to_entry(timestamp):
+            return None
+        # (AVI frames are timed by the DTS the decoder hands out as it goes: no shortcut there.)
+        decoded = next(self._decode(trust_all=False), None) if self._dts_clock else self._decode_one_keyframe()
+        self._lookahead = None
+        self._decoder_live = False
+        self._last_keyframe = None if decoded is None else (timestamp, decoded.pts)
+        if decoded is not None and self._plausible_shift(timestamp, decoded.pts - timestamp):
+            self._key_shift = decoded.pts - timestamp
+        return decoded
+
+    def _seek_to_entry(self, timestamp: int) -> bool:
+        """Seek so that the next keyframe read is that of this index entry. Index entries carry DTS while
+        demuxers such as mov seek by PTS, so seeking to the entry itself can land one GOP early: aim just
+        before the next keyframe entry instead."""
         after = bisect.bisect_right(self._keyframes, timestamp)
         aim = (
             self._keyframes[after] - 1
@@ -709,13 +839,22 @@ class ImageGenerator:
         try:
             self._seek(aim, backward=True)
         except av.error.FFmpegError:
+            return False
+        return True
+
+    def _keyframe_packet_pts(self, entry: int) -> int | None:
+        """The pts of the keyframe packet of an index entry (read, not decoded)."""
+        if not self._seek_to_entry(entry):
             return None
-        # (AVI frames are timed by the DTS the decoder hands out as it goes: no shortcut there.)
-        decoded = next(self._decode(trust_all=False), None) if self._dts_clock else self._decode_one_keyframe()
-        self._lookahead = None
-        self._decoder_live = False
-        self._last_keyframe = None if decoded is None else (timestamp, decoded.pts)
-        return decoded
+        try:
+            for count, packet in enumerate(self._container.demux(self._stream)):
+                if packet.size == 0 or count > _KEYFRAME_SCAN_PACKETS:
+                    break
+                if packet.is_keyframe and packet.pts is not None and not packet.is_discard:
+                    return int(packet.pts)
+        except av.error.FFmpegError:
+            pass
+        return None
 
     def _decode_one_keyframe(self) -> _Decoded | None:
         """The first keyframe after a seek, decoding that one packet and draining the decoder (no
@@ -797,6 +936,7 @@ class ImageGenerator:
         # a grab that lands on the same frame again gets that image (no decoded pixels are kept).
         self._last_keyframe = None
         self._last_image = None
+        self._key_shift = None
         context = stream.codec_context
         set_decoder_threads(stream, context.name, self.decode_threads)
         self._stream = stream
