@@ -8,6 +8,7 @@ Undecodable files must give EngineError with a 4xx status, never another excepti
 
 from __future__ import annotations
 
+import random
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -169,3 +170,58 @@ def test_undecodable_file_gives_4xx_engine_error(path: Path) -> None:
         with pytest.raises(EngineError) as raised:
             generator.image_at("0")
         assert 400 <= raised.value.status < 500
+
+
+# Files whose keyframe grabs miss the nearest keyframe the CLI's decode shows.
+KEYFRAME_DIVERGENCES = {
+    "editlist_negative_pts_opengop_h264.mp4": (
+        "1 fps open GOPs before an edit list's start: a seek to a keyframe's index entry lands on the next "
+        "keyframe, so near-halfway times can get the farther one"
+    ),
+    "vvc_h266.mp4": "seeks to a VVC keyframe's index entry land a GOP late, the same way",
+    "h264_interlaced_raw_annexb.h264": (
+        "raw Annex B, no timestamps: keyframes are not looked for, and t gets the frame on screen"
+    ),
+    "corrupt_mpeg_ps_with_junk.mpg": (
+        "damaged MPEG-PS: the picture its packets flag as a keyframe is not the one the CLI decodes as one"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(reason=KEYFRAME_DIVERGENCES[p.name], strict=True))
+        if p.name in KEYFRAME_DIVERGENCES
+        else p
+        for p in DECODABLE
+    ],
+    ids=corpus_id,
+)
+def test_infinite_tolerance_gets_the_nearest_keyframe(path: Path) -> None:
+    """tolerance=inf, one grab at a time in no order on one generator: the CLI's keyframe nearest to t
+    (either, where two are as near). A file with no keyframe in view gets a frame of its own."""
+    from app.engine.generator import ImageGenerator
+    from app.engine.options import EncodeOptions, GrabOptions
+
+    require_corpus()
+    info = oracle.probe(path)
+    if path.suffix == ".m3u8":
+        _xfail_if_hls_unsupported(path)
+    keys = [frame.time for frame in info.frames if frame.key]
+    times = [frame.time for frame in info.frames]
+    rng = random.Random(corpus_id(path))
+    requests = [Fraction(round(rng.uniform(0, float(times[-1])), 3)) for _ in range(6)] + [Fraction(0), times[-1]]
+    options = GrabOptions(tolerance_before=None, tolerance_after=None, encode=EncodeOptions(format="jpeg"))
+    failures = []
+    with ImageGenerator(path, options) as generator:
+        for t in requests:
+            actual = generator.image_at(t).actual_time
+            if not keys:
+                ok = any(abs(actual - time) <= info.slack for time in times)
+            else:
+                best = min(abs(key - t) for key in keys)
+                ok = any(abs(actual - key) <= info.slack and abs(key - t) <= best + info.slack for key in keys)
+            if not ok:
+                failures.append(f"t={float(t):.3f}: got {float(actual):.4f}, keyframes {[float(k) for k in keys][:12]}")
+    assert not failures, "\n".join(failures)
