@@ -192,6 +192,7 @@ class ImageGenerator:
     """Generates images from one asset. Not thread-safe: one generator serves one caller at a time."""
 
     _key_shift: int | None = None  # a keyframe's pts less its index timestamp (see _index_shift)
+    _key_seen: int | None = None  # the last keyframe decoded since a seek (pts); see _can_continue
 
     def __init__(
         self,
@@ -619,7 +620,10 @@ class ImageGenerator:
             return True
         keyframes = self._keyframes
         if not keyframes:
-            return target - ahead.pts <= math.ceil(Fraction(1, 2) / self._time_base)
+            # No index to say where the next keyframe is: decoding on costs at most a GOP, as long as
+            # the longest seen so far (at least half a second), where a seek might cost as much again.
+            reach = max(math.ceil(Fraction(1, 2) / self._time_base), self._longest_gop)
+            return target - ahead.pts <= reach
         # a keyframe between here and the target: seeking there is cheaper than decoding up to it
         after = bisect.bisect_right(keyframes, ahead.pts)
         return after == len(keyframes) or keyframes[after] > target
@@ -879,6 +883,7 @@ class ImageGenerator:
 
     def _seek(self, pts: int, *, backward: bool = True) -> None:
         self._decode_target = None
+        self._key_seen = None
         self._lookahead = None
         self._decoder_live = False
         self._at_start = False
@@ -937,6 +942,8 @@ class ImageGenerator:
         self._last_keyframe = None
         self._last_image = None
         self._key_shift = None
+        self._key_seen = None
+        self._longest_gop = 0
         context = stream.codec_context
         set_decoder_threads(stream, context.name, self.decode_threads)
         self._stream = stream
@@ -1025,6 +1032,10 @@ class ImageGenerator:
                 if from_start and self._first_frame_pts is None:
                     self._first_frame_pts = decoded.pts
                 given_pts.add(decoded.pts)
+                if frame.key_frame:
+                    if self._key_seen is not None and decoded.pts > self._key_seen:
+                        self._longest_gop = max(self._longest_gop, decoded.pts - self._key_seen)
+                    self._key_seen = decoded.pts
                 yield decoded
 
     def _after_target(self, packet: Any) -> bool:
