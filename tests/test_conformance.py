@@ -174,11 +174,6 @@ def test_undecodable_file_gives_4xx_engine_error(path: Path) -> None:
 
 # Files whose keyframe grabs miss the nearest keyframe the CLI's decode shows.
 KEYFRAME_DIVERGENCES = {
-    "editlist_negative_pts_opengop_h264.mp4": (
-        "1 fps open GOPs before an edit list's start: a seek to a keyframe's index entry lands on the next "
-        "keyframe, so near-halfway times can get the farther one"
-    ),
-    "vvc_h266.mp4": "seeks to a VVC keyframe's index entry land a GOP late, the same way",
     "h264_interlaced_raw_annexb.h264": (
         "raw Annex B, no timestamps: keyframes are not looked for, and t gets the frame on screen"
     ),

@@ -22,7 +22,6 @@ import bisect
 import contextlib
 import functools
 import io
-import itertools
 import math
 import time
 from collections import deque
@@ -719,22 +718,15 @@ class ImageGenerator:
         return list(found.values())
 
     def _index_shift(self, entry: int) -> int:
-        """How far a keyframe's presentation time is from its index timestamp (the index holds decode
-        times; B-frames put a keyframe's presentation some frames later), so that "nearest to t" is by
-        presentation time: learnt from one keyframe packet (its pts), then from every keyframe decoded."""
+        """How far the keyframe a grab of an index entry gets is from the entry's timestamp, so that
+        "nearest to t" goes by what will be shown: the index holds decode times (B-frames show a
+        keyframe some frames later), and where an edit list starts before the first keyframe, the seek
+        for an entry can land a keyframe further on. Learnt from one keyframe packet (its pts), then
+        from every keyframe decoded."""
         if self._key_shift is None:
-            self._key_shift = 0
             found = self._keyframe_packet_pts(entry)
-            if found is not None and self._plausible_shift(entry, found - entry):
-                self._key_shift = found - entry
+            self._key_shift = 0 if found is None else found - entry
         return self._key_shift
-
-    def _plausible_shift(self, entry: int, shift: int) -> bool:
-        """Under half the way to the neighbouring entries: more, and the seek found another keyframe."""
-        at = bisect.bisect_left(self._keyframes, entry)
-        neighbours = self._keyframes[max(0, at - 1) : at + 2]
-        gaps = [b - a for a, b in itertools.pairwise(neighbours) if b > a]
-        return abs(shift) * 2 < min(gaps, default=math.ceil(2 / self._time_base))
 
     def _keyframe_packets_around(self, seconds: Fraction) -> list[_PacketKey]:
         """Without a full index: the last keyframe at or before t and the first after it, from the
@@ -826,7 +818,7 @@ class ImageGenerator:
         self._lookahead = None
         self._decoder_live = False
         self._last_keyframe = None if decoded is None else (timestamp, decoded.pts)
-        if decoded is not None and self._plausible_shift(timestamp, decoded.pts - timestamp):
+        if decoded is not None:
             self._key_shift = decoded.pts - timestamp
         return decoded
 
