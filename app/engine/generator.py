@@ -192,6 +192,7 @@ class ImageGenerator:
 
     _key_shift: int | None = None  # a keyframe's pts less its index timestamp (see _index_shift)
     _key_seen: int | None = None  # the last keyframe decoded since a seek (pts); see _can_continue
+    _cues_read = False  # Matroska: whether a seek has loaded its Cues (see _read_cues)
 
     def __init__(
         self,
@@ -667,6 +668,8 @@ class ImageGenerator:
         margin = Fraction(1, 2)  # index timestamps can be DTS: the decoded PTS is checked afterwards
         keys: list[int | _Decoded | _PacketKey]
         shift = 0
+        if not self._keyframes and not self._cues_read and self._container.format.name.startswith("matroska"):
+            self._read_cues()
         if self._keyframes:
             # The index is sorted: the 4 nearest to t are among the 4 on either side of it (a film has
             # thousands of entries, too many to sort by Fraction distance on every grab).
@@ -716,6 +719,18 @@ class ImageGenerator:
                 found[after.pts] = after
         self._decoder_live = False
         return list(found.values())
+
+    def _read_cues(self) -> None:
+        """Matroska lists its keyframes in Cues (ffmpeg and mkvmerge write one per video keyframe), which
+        FFmpeg reads on the first seek: from then on they are the keyframe index. Reading the packets
+        between keyframes instead would fetch a GOP or two of a remote file for each grab."""
+        self._cues_read = True
+        with contextlib.suppress(av.error.FFmpegError):
+            self._seek(self._target_pts(Fraction(0)))
+        entries = self._stream.index_entries
+        keys = sorted({e.timestamp for e in entries if e.is_keyframe and not e.is_discard})
+        if len(keys) > 1:
+            self._keyframes = keys
 
     def _index_shift(self, entry: int) -> int:
         """How far the keyframe a grab of an index entry gets is from the entry's timestamp, so that
@@ -826,12 +841,14 @@ class ImageGenerator:
         """Seek so that the next keyframe read is that of this index entry. Index entries carry DTS while
         demuxers such as mov seek by PTS, so seeking to the entry itself can land one GOP early: aim just
         before the next keyframe entry instead."""
-        after = bisect.bisect_right(self._keyframes, timestamp)
-        aim = (
-            self._keyframes[after] - 1
-            if after < len(self._keyframes)
-            else timestamp + math.ceil(Fraction(3600) / self._time_base)
-        )
+        keys = self._keyframes
+        after = bisect.bisect_right(keys, timestamp)
+        if after < len(keys):
+            aim = keys[after] - 1
+        elif self._cues_read:  # the last cue: Matroska seeks by presentation time, and reads on to the aim
+            aim = timestamp
+        else:  # the last keyframe: anywhere after it
+            aim = timestamp + math.ceil(Fraction(3600) / self._time_base)
         try:
             self._seek(aim, backward=True)
         except av.error.FFmpegError:
