@@ -25,6 +25,7 @@ from tests.media import (
     corpus_files,
     corpus_id,
     require_corpus,
+    strict_xfails,
 )
 
 pytestmark = pytest.mark.media
@@ -44,6 +45,10 @@ UNRELIABLE_PIXELS: dict[str, frozenset[int]] = {
     "mp4_annexb_h264_truncated.mp4": frozenset({5}),
     "corrupt_decord.mp4": frozenset(range(29, 49)),
 }
+
+
+def _name(path: Path) -> str:
+    return path.name
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,16 +90,7 @@ KNOWN_DIVERGENCES = {
 }
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_DIVERGENCES[p.name], strict=True))
-        if p.name in KNOWN_DIVERGENCES
-        else p
-        for p in DECODABLE
-    ],
-    ids=corpus_id,
-)
+@pytest.mark.parametrize("path", strict_xfails(DECODABLE, KNOWN_DIVERGENCES, _name), ids=corpus_id)
 def test_frame_at_time_matches_ffmpeg(path: Path) -> None:
     require_corpus()
     info = oracle.probe(path)
@@ -110,14 +106,7 @@ RANDOM_ACCESS_DIVERGENCES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason=reason, strict=True))
-        if (reason := KNOWN_DIVERGENCES.get(p.name) or RANDOM_ACCESS_DIVERGENCES.get(p.name))
-        else p
-        for p in DECODABLE
-    ],
-    ids=corpus_id,
+    "path", strict_xfails(DECODABLE, {**RANDOM_ACCESS_DIVERGENCES, **KNOWN_DIVERGENCES}, _name), ids=corpus_id
 )
 def test_random_access_on_one_generator_matches_ffmpeg(path: Path) -> None:
     """The same contract for grabs that come one at a time in no order to one open asset, as a decoder
@@ -183,16 +172,7 @@ KEYFRAME_DIVERGENCES = {
 }
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason=KEYFRAME_DIVERGENCES[p.name], strict=True))
-        if p.name in KEYFRAME_DIVERGENCES
-        else p
-        for p in DECODABLE
-    ],
-    ids=corpus_id,
-)
+@pytest.mark.parametrize("path", strict_xfails(DECODABLE, KEYFRAME_DIVERGENCES, _name), ids=corpus_id)
 def test_infinite_tolerance_gets_the_nearest_keyframe(path: Path) -> None:
     """tolerance=inf, one grab at a time in no order on one generator: the CLI's keyframe nearest to t
     (either, where two are as near). A file with no keyframe in view gets a frame of its own."""

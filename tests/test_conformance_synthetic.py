@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests import oracle
-from tests.media import check_conformance, make_clip
+from tests.media import check_conformance, make_clip, strict_xfails
 
 FPS = 25
 FRAMES = 48
@@ -86,28 +86,12 @@ KNOWN_DIVERGENCES = {
 }
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DIVERGENCES[n], strict=True))
-        if n in KNOWN_DIVERGENCES
-        else n
-        for n in sorted(CLIPS)
-    ],
-)
+@pytest.mark.parametrize("name", strict_xfails(sorted(CLIPS), KNOWN_DIVERGENCES))
 def test_frame_at_time_matches_ffmpeg(clip_dir: Path, name: str) -> None:
     check_conformance(oracle.probe(_clip(clip_dir, name)))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DIVERGENCES[n], strict=True))
-        if n in KNOWN_DIVERGENCES
-        else n
-        for n in sorted(CLIPS)
-    ],
-)
+@pytest.mark.parametrize("name", strict_xfails(sorted(CLIPS), KNOWN_DIVERGENCES))
 def test_random_access_on_one_generator_matches_ffmpeg(clip_dir: Path, name: str) -> None:
     """The requests one at a time, shuffled, on one generator (see ``run_engine``)."""
     check_conformance(oracle.probe(_clip(clip_dir, name)), random_access=True)
