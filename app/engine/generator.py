@@ -495,19 +495,21 @@ class ImageGenerator:
 
     def _frame_for(self, seconds: Fraction) -> _Decoded:
         before, after = self.options.tolerance_before, self.options.tolerance_after
-        try:
+
+        def search() -> _Decoded:
             if before == 0 and after == 0:
                 return self._exact(seconds)
             return self._tolerant(seconds, before, after)
+
+        try:
+            return search()
         except _PicturesDropped:
             # From now on this asset decodes on one thread, where a damaged picture's error comes with
             # its own packet, before any picture is received: the same search again, from a seek.
             self.decode_threads = 1
             self._reopen()
             self._previous = self._lookahead = None
-            if before == 0 and after == 0:
-                return self._exact(seconds)
-            return self._tolerant(seconds, before, after)
+            return search()
 
     def _target_pts(self, seconds: Fraction) -> int:
         return math.floor((seconds + self._origin) / self._time_base)
@@ -767,19 +769,25 @@ class ImageGenerator:
                 return [_PacketKey(pts) for pts in (before, after) if pts is not None]
         return []
 
-    def _scan_keyframe_packets(self, target: int) -> tuple[int | None, int | None]:
-        before: int | None = None
+    def _keyframe_packets(self) -> Iterator[Any]:
+        """The keyframe packets from the demuxer's position on, read and not decoded (those an edit list
+        hides left out), for at most ``_KEYFRAME_SCAN_PACKETS`` packets."""
         try:
             for count, packet in enumerate(self._container.demux(self._stream)):
                 if packet.size == 0 or count > _KEYFRAME_SCAN_PACKETS:
-                    break
-                if packet.pts is None or not packet.is_keyframe or packet.is_discard:
-                    continue
-                if packet.pts > target:
-                    return before, packet.pts
-                before = packet.pts
+                    return
+                if packet.is_keyframe and packet.pts is not None and not packet.is_discard:
+                    yield packet
         except av.error.FFmpegError:
-            pass
+            return
+
+    def _scan_keyframe_packets(self, target: int) -> tuple[int | None, int | None]:
+        """From the demuxer's position: the pts of the last keyframe at or before target, of the first after."""
+        before: int | None = None
+        for packet in self._keyframe_packets():
+            if packet.pts > target:
+                return before, int(packet.pts)
+            before = int(packet.pts)
         return before, None
 
     def _decode_keyframe_packet(self, key: _PacketKey) -> _Decoded | None:
@@ -790,24 +798,19 @@ class ImageGenerator:
                 self._seek(key.pts - math.ceil(step / self._time_base))
             except av.error.FFmpegError:
                 continue
+            packet = next((p for p in self._keyframe_packets() if p.pts >= key.pts), None)
+            if packet is None or packet.pts > key.pts:
+                continue  # landed past it: back off
             codec.skip_frame = "DEFAULT"
             try:
-                for count, packet in enumerate(self._container.demux(self._stream)):
-                    if packet.size == 0 or count > _KEYFRAME_SCAN_PACKETS:
-                        break
-                    if packet.pts is None or not packet.is_keyframe:
-                        continue
-                    if packet.pts > key.pts:
-                        break  # landed past it: back off
-                    if packet.pts < key.pts:
-                        continue
-                    for frame in [*codec.decode(packet), *codec.decode(None)]:
-                        pts = self._pts_guess.guess(frame.pts, frame.dts)
-                        if frame.key_frame and pts is not None:
-                            return _Decoded(frame, int(pts))
-                    return None
+                frames = [*codec.decode(packet), *codec.decode(None)]
             except (av.error.FFmpegError, ValueError):
                 return None
+            for frame in frames:
+                pts = self._pts_guess.guess(frame.pts, frame.dts)
+                if frame.key_frame and pts is not None:
+                    return _Decoded(frame, int(pts))
+            return None
         return None
 
     def _keyframe_at(self, timestamp: int | _Decoded | _PacketKey) -> _Decoded | None:
@@ -859,15 +862,8 @@ class ImageGenerator:
         """The pts of the keyframe packet of an index entry (read, not decoded)."""
         if not self._seek_to_entry(entry):
             return None
-        try:
-            for count, packet in enumerate(self._container.demux(self._stream)):
-                if packet.size == 0 or count > _KEYFRAME_SCAN_PACKETS:
-                    break
-                if packet.is_keyframe and packet.pts is not None and not packet.is_discard:
-                    return int(packet.pts)
-        except av.error.FFmpegError:
-            pass
-        return None
+        packet = next(self._keyframe_packets(), None)
+        return None if packet is None else int(packet.pts)
 
     def _decode_one_keyframe(self) -> _Decoded | None:
         """The first keyframe after a seek, decoding that one packet and draining the decoder (no
