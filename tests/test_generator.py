@@ -397,3 +397,20 @@ def test_a_time_before_the_first_frame_walks_back_no_further_than_the_start(
     assert info.frame_at(Fraction(1, 5)) == 0
     assert result.actual_time == info.frames[0].time > Fraction(1, 5)
     assert seeks == [1, 0]
+
+
+def test_without_an_index_decoding_goes_on_as_far_as_the_longest_gop_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matroska (without its Cues read) says nowhere where the next keyframe is. Once a decode has run
+    from one keyframe to the next, a target up to that GOP's length ahead is reached by decoding on,
+    where a seek would decode the same GOP again from its start; before, only half a second ahead."""
+    clip = make_clip(tmp_path / "gop4.mkv", frames=250, gop=100, bframes=2)  # keyframes at 0, 4 and 8 s
+    with ImageGenerator(clip, GrabOptions(encode=PNG)) as generator:
+        assert generator._keyframes == []
+        for t in ("3.5", "3.9", "4.3"):  # 0.4 s apart: on across the keyframe at 4 s
+            generator.image_at(t)
+        seeks = _seeks_and_reopens(generator, monkeypatch)
+        result = generator.image_at("6.5")
+    assert result.actual_time == Fraction(162, 25)  # the frame on screen at 6.5 s
+    assert seeks == []
