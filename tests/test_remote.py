@@ -53,3 +53,25 @@ def test_grabs_fetch_the_gop_not_the_file(
     assert second.status_code == 200 and second.headers["x-actual-time"] == "15.48"
     warm = fetched_bytes(server, "/clip.mp4", size)
     assert 0 < warm < size / 4, (warm, size)  # no second probe of the index: the asset stayed open
+
+
+def test_a_remote_matroska_keyframe_grab_reads_the_cues_not_the_gops(
+    make_client: Callable[..., TestClient], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Matroska's Cues list its keyframes: the nearest one to t is found there, and the grab fetches
+    around that keyframe, not the GOPs between the keyframes on either side of t."""
+    clip = tmp_path_factory.mktemp("remote-mkv") / "clip.mkv"
+    make_h264_clip(clip, size="1280x720", rate=25, seconds=20, gop=125, extra=["-preset", "ultrafast"])
+    data = clip.read_bytes()
+    with LoopbackServer() as server:
+        server.add_file("/clip.mkv", data)
+        client = make_client(allowed_networks="127.0.0.0/8", allowed_ports=str(server.port))
+        url = server.url("/clip.mkv")
+        # (11.1 s lands on the keyframe of the grab before: its image again, nothing fetched)
+        for t, keyframe, most in (("6.1", "5", 0.15), ("8.6", "10", 0.1), ("11.1", "10", 0.01)):
+            server.clear_requests()
+            response = client.get("/v1/frame", params={"url": url, "t": t, "tolerance": "inf"})
+            assert response.status_code == 200, response.text
+            assert response.headers["x-actual-time"] == keyframe, t
+            fetched = fetched_bytes(server, "/clip.mkv", len(data))
+            assert fetched <= most * len(data), (t, fetched, len(data))  # a GOP is 1/4 of the file
