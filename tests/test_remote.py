@@ -4,13 +4,15 @@ not the file, and a warm asset is not fetched again."""
 from __future__ import annotations
 
 import re
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.http_server import LoopbackServer
-from tests.media import make_h264_clip
+from tests.media import ffmpeg_exe, make_h264_clip
 
 
 def fetched_bytes(server: LoopbackServer, path: str, size: int) -> int:
@@ -75,3 +77,36 @@ def test_a_remote_matroska_keyframe_grab_reads_the_cues_not_the_gops(
             assert response.headers["x-actual-time"] == keyframe, t
             fetched = fetched_bytes(server, "/clip.mkv", len(data))
             assert fetched <= most * len(data), (t, fetched, len(data))  # a GOP is 1/4 of the file
+
+
+def test_remote_hls_live_and_finished_give_the_same_frames(
+    make_client: Callable[..., TestClient], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An HLS playlist over HTTP, as finished (VOD) and as live (the same segments, no #EXT-X-ENDLIST):
+    both answer every time alike, in an order that seeks back into segments already read, and the live
+    one without waiting for more segments."""
+    folder = tmp_path_factory.mktemp("remote-hls")
+    source = make_h264_clip(folder / "source.mp4", size="320x180", rate=25, seconds=8, gop=25)
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-c", "copy", "-f", "hls",
+         "-hls_time", "2", "-hls_playlist_type", "vod", str(folder / "vod.m3u8")],
+        check=True,
+    )  # fmt: skip
+    vod = (folder / "vod.m3u8").read_text()
+    with LoopbackServer() as server:
+        for path in folder.glob("*.ts"):
+            server.add_file(f"/{path.name}", path.read_bytes())
+        server.add_file("/vod.m3u8", vod.encode(), content_type="application/vnd.apple.mpegurl")
+        live = vod.replace("#EXT-X-ENDLIST", "").replace("#EXT-X-PLAYLIST-TYPE:VOD", "")
+        server.add_file("/live.m3u8", live.encode(), content_type="application/vnd.apple.mpegurl")
+        client = make_client(allowed_networks="127.0.0.0/8", allowed_ports=str(server.port))
+        for t in ("5.1", "2.3", "5.5", "0", "7.9"):
+            answers = []
+            for name in ("vod", "live"):
+                started = time.monotonic()
+                response = client.get("/v1/frame", params={"url": server.url(f"/{name}.m3u8"), "t": t})
+                assert response.status_code == 200, (name, t, response.text)
+                assert time.monotonic() - started < 5, (name, t)  # no reload interval sat out
+                answers.append((response.headers["x-actual-time"], response.content))
+            assert answers[0] == answers[1], t
+            assert abs(float(answers[0][0]) - float(t)) < 0.05, (t, answers[0][0])
