@@ -40,7 +40,7 @@ from app.engine.errors import EngineError
 from app.engine.nal import H264Disposable
 from app.engine.options import CONTENT_TYPES, EncodeOptions, GrabOptions, RenderOptions, SourceLimits
 from app.engine.sources import Source
-from app.engine.timeparse import TimeSpec, parse_time
+from app.engine.timeparse import TimeSpec, format_rational_time, parse_time
 
 if TYPE_CHECKING:
     from app.engine.render import FrameMetadata
@@ -112,11 +112,7 @@ class FrameResult:
     def actual_time_rational(self) -> str:
         """``value/timescale`` of the frame's time on the asset timeline, as in CMTime: the timescale is
         the stream's (reduced only where the timeline origin is not a whole number of its ticks)."""
-        timescale = self.time_base.denominator
-        value = self.actual_time * timescale
-        if value.denominator == 1:
-            return f"{value.numerator}/{timescale}"
-        return _rational(self.actual_time)
+        return format_rational_time(self.actual_time, self.time_base)
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,6 @@ class FrameFailure:
     @property
     def ok(self) -> bool:
         return False
-
-
-def _rational(value: Fraction) -> str:
-    return f"{value.numerator}/{value.denominator}"
 
 
 @dataclass

@@ -122,3 +122,14 @@ def format_fraction(value: Fraction, digits: int = 9) -> str:
     whole, frac = divmod(abs(rounded), 10**digits)
     text = f"{sign}{whole}.{frac:0{digits}d}".rstrip("0").rstrip(".")
     return "0" if text in {"", "-0"} else text
+
+
+def format_rational_time(value: Fraction, time_base: Fraction) -> str:
+    """``value/timescale`` of a time, as in CMTime: the timescale is the stream's (``time_base``'s
+    denominator), reduced only where ``value`` is not a whole number of its ticks (a timeline origin
+    between ticks)."""
+    timescale = time_base.denominator
+    ticks = value * timescale
+    if ticks.denominator == 1:
+        return f"{ticks.numerator}/{timescale}"
+    return f"{value.numerator}/{value.denominator}"

@@ -158,11 +158,9 @@ def _plain_seconds(text: str) -> str | None:
 def _rational(record: ResultRecord) -> str | None:
     if record.actual_time is None or record.time_base is None:
         return None
-    timescale = record.time_base.denominator
-    value = record.actual_time * timescale
-    if value.denominator == 1:
-        return f"{value.numerator}/{timescale}"
-    return f"{record.actual_time.numerator}/{record.actual_time.denominator}"
+    from app.engine.timeparse import format_rational_time
+
+    return format_rational_time(record.actual_time, record.time_base)
 
 
 def job_event_data(job: Job) -> dict[str, Any]:
