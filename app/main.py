@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.api import frames, health, jobs
+from app.api import frames, health, info, jobs
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
 from app.api.cache import Coalescer, ImageCache
+from app.api.head import HeadAsGet
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
@@ -62,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
+    application.include_router(info.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
+    application.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to everything else
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")
     return application

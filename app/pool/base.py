@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from app.engine.generator import FrameFailure, FrameResult
 from app.engine.options import GrabOptions
+
+TaskKind = Literal["grab", "info", "info_keyframes", "poster"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class GrabTask:
     # Which span of a job this is: lanes other than 0 keep worker affinity of their own, so the spans
     # of one job decode on different workers side by side.
     lane: int = 0
+    # What the worker does: decode ``times`` (a grab), or describe the asset (``info``; with its
+    # keyframe times: ``info_keyframes``), or choose a poster frame (``poster``; see app.pool.tasks).
+    kind: TaskKind = "grab"
 
     @property
     def affinity(self) -> str:

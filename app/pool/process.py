@@ -71,6 +71,7 @@ class _Task:
             and len(self.task.times) == 1
             and len(other.task.times) == 1
             and self.task.affinity == other.task.affinity
+            and self.task.kind == other.task.kind == "grab"
             and self.task.options == other.task.options
         )
 

@@ -29,6 +29,7 @@ from app.engine.errors import EngineError
 from app.engine.generator import FrameResult, ImageGenerator
 from app.engine.options import SourceLimits
 from app.pool.base import GrabTask
+from app.pool.tasks import run_asset_task
 
 REMOTE_REVALIDATE_SECONDS = 10.0  # how long a remote asset's identity is trusted without asking again
 CPU_SECONDS_PER_TASK_FACTOR = 2  # CPU time a task may use, as a multiple of the wall-clock decode timeout
@@ -247,13 +248,16 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
         task = with_encoder_effort(task, settings)
         _limit_cpu_for_next_task(settings, threads, len(task.times))
         try:
-            generator, identity = assets.get(task, settings, threads)
-            for item in generator.images_for(list(task.times), ordered=False):
-                if isinstance(item, FrameResult):
-                    item = dataclasses.replace(item, source_identity=identity)
-                replies.send(("item", task_id, item))
-                if _cancelled(conn, task_id, pending):
-                    break
+            if task.kind != "grab":  # a description or a poster: one answer (app.pool.tasks)
+                replies.send(("item", task_id, run_asset_task(task, settings, source_limits(settings), threads)))
+            else:
+                generator, identity = assets.get(task, settings, threads)
+                for item in generator.images_for(list(task.times), ordered=False):
+                    if isinstance(item, FrameResult):
+                        item = dataclasses.replace(item, source_identity=identity)
+                    replies.send(("item", task_id, item))
+                    if _cancelled(conn, task_id, pending):
+                        break
         except EngineError as exc:
             assets.drop(task)
             replies.send(("error", task_id, exc))

@@ -1,0 +1,65 @@
+"""What the asset endpoints beyond ``/v1/frame`` share (info, storyboards, animated previews): the
+source check before queueing, validators and weak ``If-None-Match``, and one-answer pool tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from typing import Any
+
+from fastapi import Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.config import Settings
+from app.engine.errors import EngineError
+from app.engine.sources import LocalSource, Source, is_remote, resolve_source
+from app.pool.base import DecoderPool, GrabTask
+
+
+async def checked_source(url: str, settings: Settings) -> Source:
+    """The source, refused here before any queueing (an SSRF refusal needs no decoder); DNS on a thread."""
+    if is_remote(url):
+        return await run_in_threadpool(resolve_source, url, settings)
+    return resolve_source(url, settings)
+
+
+def local_identity(source: Source) -> str | None:
+    """The identity of a local file (a stat away), for answering without decoding; None for URLs."""
+    return source.identity if isinstance(source, LocalSource) else None
+
+
+def entity_tag(*parts: Any) -> str:
+    """A strong validator over everything the response is a pure function of."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return '"' + hashlib.sha256(blob.encode()).hexdigest()[:32] + '"'
+
+
+def _opaque(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith(("W/", "w/")) else tag
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    """``If-None-Match`` against ``etag`` by the weak comparison RFC 9110 prescribes for it (``W/"x"``
+    matches ``"x"``), or ``*``."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    tags = {_opaque(tag) for tag in header.split(",")}
+    return "*" in tags or _opaque(etag) in tags
+
+
+def not_modified_response(etag: str, headers: dict[str, str]) -> Response:
+    return Response(status_code=304, headers={**headers, "ETag": etag})
+
+
+async def one_answer(pool: DecoderPool, task: GrabTask) -> Any:
+    """The single item a non-grab task (``task.kind``) answers with; raises its EngineError."""
+    async with contextlib.aclosing(pool.grab_many(task)) as items:  # type: ignore[type-var]
+        async for item in items:
+            failure = getattr(item, "error", None)
+            if isinstance(failure, EngineError):
+                raise failure
+            return item
+    raise EngineError("decode_failed", "the decoder produced no result")

@@ -1,0 +1,176 @@
+"""What a frontend needs to draw a timeline: an asset's duration, displayed size, frame rate, codec,
+orientation, HDR, alpha, its streams and (on request) its keyframe times.
+
+``describe`` takes an ``ImageGenerator`` that is not used for anything else afterwards (it reads,
+seeks and decodes the generator's container directly): the decoder worker opens one for the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+import av.error
+
+from app.engine.colour import hdr_transfer
+from app.engine.errors import EngineError
+from app.engine.generator import ImageGenerator
+from app.engine.options import RenderOptions
+from app.engine.render import display_matrix, orientation_from_matrix, plan_frame, sample_aspect_ratio
+
+_FIRST_FRAME_PACKETS = 256  # packets read at most for the first decodable picture
+_MAX_KEYFRAMES = 100_000  # keyframe times listed at most (a day of video at one a second is 86,400)
+_VFR_SPREAD = Fraction(1, 100)  # frame durations further apart than this (relative) make a variable rate
+_VFR_SAMPLE = 2_000  # index entries looked at for the frame-rate spread
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    index: int
+    type: str
+    codec: str | None
+    width: int | None = None
+    height: int | None = None
+    language: str | None = None
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    """The facts ``GET /v1/info`` answers with. Times are exact seconds on the asset timeline."""
+
+    duration: Fraction | None
+    width: int  # as displayed: rotation and pixel aspect applied
+    height: int
+    coded_width: int
+    coded_height: int
+    frame_rate: Fraction | None
+    variable_frame_rate: bool
+    video_codec: str
+    pixel_format: str | None
+    rotation: int  # degrees clockwise the picture is turned for display
+    mirrored: bool
+    pixel_aspect_ratio: Fraction
+    hdr: str | None  # "pq", "hlg" or None
+    has_alpha: bool
+    streams: tuple[StreamInfo, ...]
+    keyframes: tuple[Fraction, ...] | None = None  # None: not asked for
+    keyframes_truncated: bool = False
+    index: int = 0  # the decoder pool's protocol: every answer carries its request index
+    source_identity: str = field(default="", compare=False)
+
+
+def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo:
+    """The facts of ``generator``'s asset; its first picture is decoded for what only frames carry
+    (the display matrix, the transfer function, the pixel format actually decoded)."""
+    container: Any = generator._container
+    stream: Any = generator._stream
+    origin: Fraction = generator._origin
+    try:
+        frame = _first_frame(container, stream)
+        layout, _ = plan_frame(frame, RenderOptions(), stream=stream, max_output_pixels=2**62)
+        rotation, mirrored = orientation_from_matrix(display_matrix(frame, stream))
+        pixel_format = frame.format.name
+        hdr = hdr_transfer(int(frame.color_trc))
+        times, truncated = _keyframe_times(container, stream, origin) if keyframes else (None, False)
+        return AssetInfo(
+            duration=generator.duration,
+            width=layout.size[0],
+            height=layout.size[1],
+            coded_width=frame.width,
+            coded_height=frame.height,
+            frame_rate=_frame_rate(stream),
+            variable_frame_rate=_variable_rate(stream),
+            video_codec=stream.codec_context.name,
+            pixel_format=pixel_format,
+            rotation=rotation,
+            mirrored=mirrored,
+            pixel_aspect_ratio=sample_aspect_ratio(frame, stream),
+            hdr=hdr,
+            has_alpha=_has_alpha(pixel_format, stream),
+            streams=tuple(_stream_info(s) for s in container.streams),
+            keyframes=times,
+            keyframes_truncated=truncated,
+        )
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise EngineError("decode_failed", "the source could not be read to the end of its description") from exc
+
+
+def _first_frame(container: Any, stream: Any) -> Any:
+    with contextlib.suppress(av.error.FFmpegError):
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+    for read, packet in enumerate(container.demux(stream), 1):
+        for frame in packet.decode():
+            return frame
+        if read >= _FIRST_FRAME_PACKETS:
+            break
+    for frame in stream.codec_context.decode(None):  # drain: a stream of one picture
+        return frame
+    raise EngineError("decode_failed", "no picture could be decoded from the video stream")
+
+
+def _frame_rate(stream: Any) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    return None
+
+
+def _variable_rate(stream: Any) -> bool:
+    """From the index where the container has one (MP4, AVI: every frame's time), else from FFmpeg's
+    base rate against the average (they differ when frames are not evenly spaced)."""
+    entries = stream.index_entries
+    if len(entries) > 2:
+        stamps = sorted(entries[i].timestamp for i in range(min(len(entries), _VFR_SAMPLE)))
+        steps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
+        if steps:
+            return max(steps) - min(steps) > _VFR_SPREAD * max(steps)
+    average, base = stream.average_rate, stream.base_rate
+    if not average or not base:
+        return False
+    return abs(Fraction(average) - Fraction(base)) > _VFR_SPREAD * Fraction(base)
+
+
+def _has_alpha(pixel_format: str | None, stream: Any) -> bool:
+    if pixel_format is not None:
+        with contextlib.suppress(ValueError):
+            if any(c.is_alpha for c in av.VideoFormat(pixel_format).components):
+                return True
+    # VP8/VP9 in WebM keep alpha in a side channel the default decoder does not output.
+    return str(stream.metadata.get("alpha_mode", stream.metadata.get("ALPHA_MODE", ""))) == "1"
+
+
+def _keyframe_times(container: Any, stream: Any, origin: Fraction) -> tuple[tuple[Fraction, ...], bool]:
+    """Every keyframe's presentation time, in order, from the stream's packets (read, not decoded). Not
+    from an MP4's index: it lists decode times, and a keyframe's display delay is not the same for
+    every keyframe (an HEVC CRA with leading pictures shows later than an IDR)."""
+    time_base = Fraction(stream.time_base)
+    stamps: set[int] = set()
+    with contextlib.suppress(av.error.FFmpegError):
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+    for packet in container.demux(stream):
+        if packet.is_keyframe and packet.pts is not None:
+            stamps.add(packet.pts)
+            if len(stamps) > _MAX_KEYFRAMES:
+                break
+    times = sorted(stamp * time_base - origin for stamp in stamps)
+    return tuple(times[:_MAX_KEYFRAMES]), len(times) > _MAX_KEYFRAMES
+
+
+def _stream_info(stream: Any) -> StreamInfo:
+    context = stream.codec_context
+    width = getattr(context, "width", None) if stream.type == "video" else None
+    height = getattr(context, "height", None) if stream.type == "video" else None
+    return StreamInfo(
+        index=stream.index,
+        type=stream.type,
+        codec=context.name if context is not None else None,
+        width=width or None,
+        height=height or None,
+        language=stream.language,
+        default=bool(stream.disposition & av.stream.Disposition.default),
+    )
