@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=4, ge=1, description="Deliveries in flight at once.")
     image_cache_bytes: int = Field(default=64 * 1024**2, ge=0, description="Encoded images kept in memory.")
 
+    # Frontend endpoints: storyboards and animated previews, bounded in size and CPU.
+    storyboard_max_tiles: int = Field(default=400, ge=1, le=5000, description="Tiles in one storyboard.")
+    storyboard_max_sheet_pixels: int = Field(default=16 * 1024**2, ge=1, description="Pixels of one sprite sheet.")
+    animated_max_seconds: float = Field(default=10.0, gt=0, description="Longest animated preview, in seconds.")
+    animated_max_fps: int = Field(default=30, ge=1, le=60, description="Highest animated preview frame rate.")
+    animated_max_side: int = Field(default=640, ge=16, le=4096, description="Largest width or height of a preview.")
+
     # Access control (app/api/auth.py): API keys, signed URLs, CORS, rate limiting.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Accepted `Authorization: Bearer` keys (comma list); none: the API is open."

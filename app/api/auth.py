@@ -54,7 +54,10 @@ __all__ = [
 
 log = logging.getLogger("stillframe.auth")
 
-SIGNED_PATHS: Final = frozenset({"/v1/frame"})  # GET only
+SIGNED_PATHS: Final = frozenset(  # GET (and HEAD) only: what an <img>, a <video> track or a player loads
+    {"/v1/frame", "/v1/info", "/v1/animated.gif", "/v1/animated.webp"}
+    | {f"/v1/storyboard.{ext}" for ext in ("vtt", "json", "jpg", "webp", "png")}
+)
 SIGNATURE_PARAMS: Final = ("kid", "exp", "sig")
 _SCOPE_KEY: Final = "stillframe.signed_url"
 _MIN_KEY_LENGTH: Final = 16
