@@ -92,8 +92,9 @@ def test_post_frame_json_body(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("accept", "content_type"),
     [
-        ("image/avif,image/webp,*/*", "image/avif"),
-        ("image/webp,image/*;q=0.8", "image/webp"),
+        ("image/avif,image/webp,*/*", "image/jpeg"),  # a browser's default: the fast format
+        ("image/avif,image/jpeg;q=0.8", "image/avif"),
+        ("image/webp,image/png;q=0.8", "image/webp"),
         ("image/png", "image/png"),
         ("*/*", "image/jpeg"),
         (None, "image/jpeg"),

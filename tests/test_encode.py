@@ -119,19 +119,23 @@ def test_other_modes(mode: str) -> None:
         ("image/webp", "webp"),
         ("IMAGE/WEBP", "webp"),
         ("image/avif", "avif"),
-        # Chrome / Firefox / Safari <img> requests
-        ("image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8", "avif"),
-        ("image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5", "avif"),
+        # Chrome / Firefox / Safari <img> requests: JPEG, the fast one, where it is as welcome
+        ("image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8", "jpeg"),
+        ("image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5", "jpeg"),
         (
             "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,image/*;q=0.8",
-            "avif",
+            "jpeg",
         ),
+        ("image/avif,image/webp,*/*;q=0.8", "jpeg"),
+        ("image/avif, image/jpeg;q=0.8", "avif"),  # JPEG named and ranked lower: taken at its word
+        ("image/webp,*/*", "jpeg"),
         ("image/avif;q=0.5, image/webp", "webp"),
         ("image/webp;q=0.5, image/jpeg;q=0.9", "jpeg"),
         ("image/jpeg;q=0.9, image/png", "png"),
         ("image/*, image/jpeg;q=0", "png"),  # wildcard-only: most compatible first
         ("image/webp;q=0, */*", "jpeg"),
-        ("image/*;q=0.1, image/webp;q=0.2", "webp"),
+        ("image/*;q=0.1, image/webp;q=0.2", "jpeg"),
+        ("image/webp, image/png;q=0.2", "webp"),
         ("text/html", "jpeg"),  # nothing acceptable: still a picture
         ("*/*;q=0", "jpeg"),
         ("image/webp;q=abc", "jpeg"),  # a broken q means "not acceptable"

@@ -40,14 +40,17 @@ def _opaque(tag: str) -> str:
     return tag[2:] if tag.startswith(("W/", "w/")) else tag
 
 
-def not_modified(request: Request, etag: str) -> bool:
+def weak_match(if_none_match: str | None, etag: str) -> bool:
     """``If-None-Match`` against ``etag`` by the weak comparison RFC 9110 prescribes for it (``W/"x"``
     matches ``"x"``), or ``*``."""
-    header = request.headers.get("if-none-match")
-    if not header:
+    if not if_none_match:
         return False
-    tags = {_opaque(tag) for tag in header.split(",")}
-    return "*" in tags or _opaque(etag) in tags
+    tags = {_opaque(tag) for tag in if_none_match.split(",") if tag.strip()}
+    return "*" in tags or (bool(etag) and _opaque(etag) in tags)
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    return weak_match(request.headers.get("if-none-match"), etag)
 
 
 def not_modified_response(etag: str, headers: dict[str, str]) -> Response:

@@ -70,6 +70,18 @@ EXPOSED_HEADERS: Final = (
     "Retry-After",
     "Content-Disposition",
     "WWW-Authenticate",
+    "Location",
+    "Content-Length",
+)
+# Request headers the API documents, for a browser's preflight.
+ALLOWED_HEADERS: Final = (
+    "Authorization",
+    "Content-Type",
+    "Accept",
+    "If-None-Match",
+    "Idempotency-Key",
+    "Prefer",
+    "Last-Event-ID",
 )
 
 
@@ -401,7 +413,7 @@ def install_access_control(app: FastAPI, settings: Settings, *, limiter: RateLim
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "If-None-Match", "Accept"],
+            allow_headers=ALLOWED_HEADERS,
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from app.api.assets import weak_match
 from app.api.auth import SECURITY, authenticate, caller_identity
 from app.api.deps import FrameServices, get_frame_services
 from app.api.jobs import respond_async, wants_async
@@ -75,10 +76,7 @@ def _etag(source_identity: str, params: FrameParams, image_format: str, settings
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    tags = {tag.strip() for tag in if_none_match.split(",")}
-    return etag in tags or "*" in tags
+    return weak_match(if_none_match, etag)  # RFC 9110: If-None-Match compares weakly
 
 
 async def serve_frame(

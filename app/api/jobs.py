@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from app.api.assets import weak_match
 from app.api.deps import get_app_settings
 from app.api.problems import problem_response, problem_responses
 from app.config import Settings
@@ -301,7 +302,7 @@ async def get_result(
         return JSONResponse(problem, status_code=int(problem.get("status", 422)), media_type="application/problem+json")
     assert record.file is not None and record.actual_time is not None and record.requested_time is not None
     headers = {"ETag": record.etag or "", "Cache-Control": "private, max-age=3600"}
-    if if_none_match and (record.etag in {t.strip() for t in if_none_match.split(",")} or if_none_match == "*"):
+    if weak_match(if_none_match, record.etag or ""):
         return Response(status_code=304, headers=headers)
     try:
         image = await asyncio.to_thread((runner.store.data_dir / record.file).read_bytes)

@@ -172,8 +172,12 @@ def negotiate_format(accept_header: str | None) -> str:
     """Pick jpeg/png/webp/avif for an HTTP Accept header (RFC 9110 section 12.5.1).
 
     Each format gets the q of the most specific range that matches it (``image/webp`` over
-    ``image/*`` over ``*/*``); q=0 means "not acceptable". The highest q wins; among equals a format
-    the client named explicitly beats one it only reached through a wildcard, then the order is
+    ``image/*`` over ``*/*``); q=0 means "not acceptable". JPEG comes first wherever a wildcard
+    accepts it: browsers' default ``Accept`` headers list what they can show (AVIF, WebP, then
+    ``image/*`` at a lower q), not what they would rather wait for, and a 4K AVIF or WebP takes
+    several times as long to encode as the JPEG. A client that names ``image/jpeg`` itself is taken
+    at its word. Otherwise the highest q wins; among equals JPEG, then a format the client named
+    explicitly beats one it only reached through a wildcard, then the order is
     avif, webp, jpeg, png; among wildcard-only matches (``*/*``, ``image/*``) it is jpeg, png, webp,
     avif, since such a client may predate the newer formats. No header, or nothing acceptable, gives
     jpeg as well: a picture the client may not have asked for beats a 406 for a frame grab (the API
@@ -182,7 +186,7 @@ def negotiate_format(accept_header: str | None) -> str:
     if not accept_header or not accept_header.strip():
         return _DEFAULT_FORMAT
     ranges = _parse_accept(accept_header)
-    best: tuple[float, int, int] | None = None
+    best: tuple[float, bool, int, int] | None = None
     choice = _DEFAULT_FORMAT
     for index, fmt in enumerate(_PREFERENCE):
         main, sub = CONTENT_TYPES[fmt].split("/")
@@ -201,9 +205,11 @@ def negotiate_format(accept_header: str | None) -> str:
         if match is None or match[1] <= 0.0:
             continue
         explicit = 1 if match[0] == 2 else 0
+        if fmt == "jpeg" and not explicit:
+            return "jpeg"
         # Explicit matches follow _PREFERENCE; wildcard-only ones the most widely supported first.
         order = -index if explicit else _WILDCARD_ORDER.index(fmt)
-        key = (match[1], explicit, order)
+        key = (match[1], fmt == "jpeg", explicit, order)
         if best is None or key > best:
             best, choice = key, fmt
     return choice
