@@ -17,6 +17,7 @@ from app.engine.options import (
     RenderOptions,
     Rotate,
 )
+from app.engine.poster import POSTER_TIME
 from app.engine.timeparse import parse_time, parse_tolerance
 
 
@@ -105,9 +106,10 @@ class FrameParams(RenderParams):
     """One frame: a source and a time."""
 
     url: str = Field(min_length=1, max_length=8192, description="`http(s)://` URL, or a path under the media root.")
-    t: TimeText = Field(default="0", max_length=64, description=_TIME_HELP)
+    t: TimeText = Field(default="0", max_length=64, description=_TIME_HELP + " `auto`: a representative poster frame.")
 
     @model_validator(mode="after")
     def _check_time(self) -> FrameParams:
-        parse_time(self.t)  # raises InvalidParameter, surfaced as a 400 problem
+        if self.t != POSTER_TIME:  # "auto": the poster frame (app.api.poster)
+            parse_time(self.t)  # raises InvalidParameter, surfaced as a 400 problem
         return self

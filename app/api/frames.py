@@ -16,10 +16,12 @@ from app.api.assets import weak_match
 from app.api.auth import SECURITY, authenticate, caller_identity
 from app.api.deps import FrameServices, get_frame_services
 from app.api.jobs import respond_async, wants_async
+from app.api.poster import poster_time
 from app.api.problems import problem_responses
 from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.generator import FrameResult
+from app.engine.poster import POSTER_TIME
 from app.engine.sources import LocalSource, is_remote, resolve_source
 from app.engine.timeparse import format_fraction
 from app.pool.base import GrabTask
@@ -90,6 +92,9 @@ async def serve_frame(
         source = await run_in_threadpool(resolve_source, params.url, settings)
     else:
         source = resolve_source(params.url, settings)
+    if params.t == POSTER_TIME:  # the poster's time first, then the frame at it like any other
+        identity = source.identity if isinstance(source, LocalSource) else None
+        params = params.model_copy(update={"t": await poster_time(pool, params.url, params.stream, identity)})
     headers = {"Cache-Control": settings.cache_control}
     if params.format is None:
         headers["Vary"] = "Accept"

@@ -14,13 +14,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.assets import weak_match
 from app.api.deps import get_app_settings
+from app.api.poster import poster_time
 from app.api.problems import problem_response, problem_responses
 from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.errors import InvalidParameter
 from app.engine.fetch import check_url
 from app.engine.generator import FrameResult
-from app.engine.sources import resolve_source
+from app.engine.poster import POSTER_TIME
+from app.engine.sources import LocalSource, resolve_source
 from app.engine.timeparse import parse_time
 from app.jobs.model import JOB_COMPLETED, Job, JobError, JobSpec, ResultRecord
 from app.jobs.runner import JobRunner, request_hash
@@ -59,7 +61,8 @@ class JobCreate(RenderParams):
     def _check_times(self) -> JobCreate:
         for index, text in enumerate(self.times):
             try:
-                parse_time(text)
+                if text != POSTER_TIME:
+                    parse_time(text)
             except InvalidParameter as exc:
                 raise InvalidParameter(f"times[{index}]: {exc.detail}", parameter=f"times[{index}]") from None
         return self
@@ -164,7 +167,11 @@ async def _create(
         raise InvalidParameter(f"times: at most {settings.max_times_per_job} per job", parameter="times")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidParameter("Idempotency-Key: 1 to 255 characters", parameter="Idempotency-Key")
-    await run_in_threadpool(resolve_source, url, settings)  # refuse a bad source now, not later
+    source = await run_in_threadpool(resolve_source, url, settings)  # refuse a bad source now, not later
+    if POSTER_TIME in times:  # chosen now: the job asks for the poster's time (X-Actual-Time says which)
+        identity = source.identity if isinstance(source, LocalSource) else None
+        chosen = await poster_time(request.app.state.pool, url, render.stream, identity)
+        times = [chosen if t == POSTER_TIME else t for t in times]
     if callback_url is not None:
         if not settings.webhook_secret:
             raise InvalidParameter(
