@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 from app.engine.generator import FrameFailure, FrameResult
 from app.engine.options import GrabOptions
 
-TaskKind = Literal["grab", "info", "info_keyframes", "poster"]
+TaskKind = Literal["grab", "info", "info_keyframes"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class GrabTask:
     # of one job decode on different workers side by side.
     lane: int = 0
     # What the worker does: decode ``times`` (a grab), or describe the asset (``info``; with its
-    # keyframe times: ``info_keyframes``), or choose a poster frame (``poster``; see app.pool.tasks).
+    # keyframe times: ``info_keyframes``; see app.pool.tasks).
     kind: TaskKind = "grab"
 
     @property

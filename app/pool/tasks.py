@@ -1,6 +1,6 @@
 """Decoder-worker tasks other than grabs: describe an asset.
 
-Each opens the asset afresh rather than through the worker's open assets: it reads and decodes the
+It opens the asset afresh rather than through the worker's open assets: it reads and decodes the
 container in its own way, which would leave a kept generator's decoder state behind its back.
 """
 
@@ -19,9 +19,12 @@ from app.pool.base import GrabTask
 def run_asset_task(task: GrabTask, settings: Settings, limits: SourceLimits, threads: int) -> AssetInfo:
     """The one answer of a non-grab task (``task.kind``); raises EngineError."""
     source = resolve_source(task.url, settings)
-    options = task.options if task.kind == "poster" else GrabOptions(stream=task.options.stream)
     with ImageGenerator(
-        source, options, max_output_pixels=settings.max_output_pixels, limits=limits, decode_threads=threads
+        source,
+        GrabOptions(stream=task.options.stream),
+        max_output_pixels=settings.max_output_pixels,
+        limits=limits,
+        decode_threads=threads,
     ) as generator:
         info = describe(generator, keyframes=task.kind == "info_keyframes")
         return dataclasses.replace(info, source_identity=source.identity)
