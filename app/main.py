@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.api import animated, frames, health, info, jobs, storyboard
+from app.api import animated, frames, health, info, jobs, page, storyboard
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
 from app.api.cache import Coalescer, ImageCache
 from app.api.head import HeadAsGet
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.include_router(storyboard.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(animated.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.state.storyboards = storyboard.StoryboardCache(settings.image_cache_bytes // 4)
+    application.include_router(page.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
+    application.include_router(page.page_router)
     application.include_router(health.router)
     application.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to everything else
     if settings.media_root is None:
