@@ -3,11 +3,14 @@ If-None-Match, and JPEG for a browser's default Accept."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.auth import UrlSigner
 from app.config import Settings
 from app.main import create_app
 from tests.media import make_h264_clip
@@ -91,3 +94,27 @@ def test_if_none_match_compares_weakly(client: TestClient) -> None:
 def test_a_browsers_default_accept_gets_jpeg(client: TestClient, accept: str) -> None:
     response = client.get("/v1/frame?url=clip.mp4&t=1", headers={**AUTH, "Accept": accept})
     assert response.headers["content-type"] == "image/jpeg"
+
+
+def test_job_results_and_events_by_signed_url(tmp_path: Path) -> None:
+    make_h264_clip(tmp_path / "clip.mp4", size="64x48", rate=5, seconds=2)
+    secret = "s" * 32
+    settings = Settings(
+        media_root=tmp_path, workers=1, api_keys=KEY, url_signing_keys=f"web:{secret}", data_dir=tmp_path / "data"
+    )
+    signer = UrlSigner({"web": secret})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        job = client.post("/v1/jobs", json={"url": "clip.mp4", "times": ["0.5"]}, headers=AUTH).json()
+        for _ in range(500):
+            if client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["status"] not in {"queued", "running"}:
+                break
+            time.sleep(0.01)
+        result, events = f"/v1/jobs/{job['id']}/results/0", f"/v1/jobs/{job['id']}/events"
+        assert client.get(result).status_code == 401  # an <img> sends no key...
+        image = client.get(signer.sign(result))  # ...but a signed URL will do
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        stream = client.get(signer.sign(events))
+        assert stream.status_code == 200 and "event: job.completed" in stream.text
+        other = signer.sign(result).replace(job["id"], "0" * len(job["id"]))
+        assert client.get(other).json()["code"] == "signature_invalid"
+        assert client.get(signer.sign(f"/v1/jobs/{job['id']}")).status_code == 401  # only results and events

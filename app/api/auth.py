@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,15 @@ SIGNED_PATHS: Final = frozenset(  # GET (and HEAD) only: what an <img>, a <video
     {"/v1/frame", "/v1/info", "/v1/animated.gif", "/v1/animated.webp"}
     | {f"/v1/storyboard.{ext}" for ext in ("vtt", "json", "jpg", "webp", "png")}
 )
+# A job's result images and event stream, for an <img> and an EventSource: the signature covers the
+# job's id, so it stands for its owner (see app.api.jobs.get_owner).
+SIGNED_JOB_PATH: Final = re.compile(r"/v1/jobs/[^/]+/(results/[0-9]+|events)")
+
+
+def signable(path: str) -> bool:
+    return path in SIGNED_PATHS or SIGNED_JOB_PATH.fullmatch(path) is not None
+
+
 SIGNATURE_PARAMS: Final = ("kid", "exp", "sig")
 _SCOPE_KEY: Final = "stillframe.signed_url"
 _MIN_KEY_LENGTH: Final = 16
@@ -271,7 +281,7 @@ class SignedUrlMiddleware:
             root = scope.get("root_path", "")
             route_path = path[len(root) :] if root and path.startswith(root) else path
             raw: bytes = scope.get("query_string", b"")
-            if route_path in SIGNED_PATHS and raw:
+            if signable(route_path) and raw:
                 query = raw.decode("latin-1")
                 kept = _without_signature(query)
                 if len(kept) != len([p for p in query.split("&") if p]):

@@ -74,9 +74,10 @@ async def get_runner(request: Request) -> JobRunner:
 
 
 async def get_owner(request: Request) -> str | None:
-    """The caller that owns jobs (set by authentication, when there is any); None: no owner."""
+    """The caller that owns jobs (set by authentication, when there is any); None: no owner. A signed
+    URL (a job's result or events, for an <img> or an EventSource) names its job itself: any owner."""
     owner = getattr(request.state, "owner", None)
-    return owner if isinstance(owner, str) else None
+    return owner if isinstance(owner, str) and not owner.startswith("url:") else None
 
 
 def install_job_problem_handlers(app: FastAPI) -> None:
