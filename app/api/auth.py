@@ -2,7 +2,8 @@
 
 * API keys come as ``Authorization: Bearer <key>``. Only their SHA-256 digests are kept, compared in
   constant time. A key's id (for logs and ownership) is the first 8 hex digits of its digest.
-* A signed URL lets ``GET /v1/frame`` through without a key (an ``<img src>`` on a web page): the
+* A signed URL lets a GET of ``SIGNED_PATHS`` (``/v1/frame``, storyboards, ...) or of a job's results
+  and events through without a key (an ``<img src>`` or an ``EventSource`` on a web page): the
   query carries ``kid`` (which signing key), ``exp`` (unix seconds) and ``sig``, the base64url
   HMAC-SHA256 of the canonical path and query (see :func:`canonical_message`).
 * With no API keys configured the service is open (and says so loudly in its log at startup).
@@ -354,7 +355,8 @@ _signed_url = APIKeyQuery(
     auto_error=False,
     scheme_name="SignedURL",
     description=(
-        "`GET /v1/frame` only: `kid`, `exp` (unix seconds) and `sig`, the base64url HMAC-SHA256 of the "
+        "GET of `/v1/frame`, `/v1/info`, storyboards, animated previews and a job's results and events: "
+        "`kid`, `exp` (unix seconds) and `sig`, the base64url HMAC-SHA256 of the "
         "canonical path and query (every parameter but `sig`, sorted), made by `stillframe sign`."
     ),
 )
