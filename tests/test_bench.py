@@ -254,3 +254,12 @@ def test_formats_scenario_encodes_every_format(bench_run: _Run) -> None:
     assert {row["format"] for row in rows} == {"jpeg", "webp", "avif"}
     assert sum(row["default"] for row in rows) == 3  # one row per format is the server's default setting
     assert all(row["bytes"] > 0 and row["psnr_db_median"] > 25 for row in rows)
+
+
+def test_frontend_scenario_times_storyboards_animations_and_posters(bench_run: _Run) -> None:
+    from bench import frontend
+
+    out = frontend.scenario_frontend(bench_run.ctx, spec=media.Spec("h264_small_gop2", "h264", 320, 180, 2, 6))
+    assert out["tiles"] == 2
+    assert out["storyboard"]["stillframe"]["n"] == 4 and out["storyboard"]["x_cli"] > 0
+    assert out["animated"]["x_floor"] > 0 and out["poster"]["x_keyframe_grab"] > 0
