@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -163,3 +164,21 @@ def test_real_media_tiles_are_the_cli_frames(name: str, tolerance: str) -> None:
         response = client.get("/v1/storyboard.json", params={"url": name, "count": "9", "tolerance": tolerance})
         assert response.status_code == 200, response.text
         _check_times(info, response.json(), tolerance)
+
+
+def test_tiles_past_the_video_show_its_last_frame(media: Path, client: TestClient) -> None:
+    """A container whose audio runs on after the picture: the cues there show the last frame."""
+    clip = media / "audio_longer.mp4"
+    subprocess.run(
+        [oracle.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=192x108:r=25:d=2",
+         "-f", "lavfi", "-i", "sine=d=3", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", str(clip)],
+        check=True,
+    )  # fmt: skip
+    info = oracle.probe(clip)
+    document = client.get("/v1/storyboard.json", params={"url": clip.name, "count": "6", "tolerance": "0"})
+    assert document.status_code == 200, document.text
+    tiles = document.json()["tiles"]
+    assert tiles[-1]["end"] == pytest.approx(float(info.end), abs=0.05) and tiles[-1]["end"] > 2.5
+    assert Fraction(tiles[-1]["actual_time_rational"]) == info.times[-1]
+    assert client.get("/v1/animated.gif", params={"url": clip.name, "start": "1.5", "end": "3"}).status_code == 200

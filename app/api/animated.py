@@ -9,12 +9,20 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from app.api.assets import checked_source, entity_tag, local_identity, not_modified, not_modified_response, one_answer
+from app.api.assets import (
+    checked_source,
+    entity_tag,
+    grab_in_order,
+    local_identity,
+    not_modified,
+    not_modified_response,
+    one_answer,
+)
 from app.api.problems import problem_responses
 from app.config import Settings
 from app.engine.animated import ANIMATED_CONTENT_TYPES, encode_animation, frame_times
-from app.engine.errors import EngineError, InvalidParameter
-from app.engine.generator import FrameFailure, FrameResult
+from app.engine.errors import InvalidParameter
+from app.engine.generator import FrameResult
 from app.engine.info import AssetInfo
 from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
 from app.engine.storyboard import seconds_text
@@ -76,14 +84,7 @@ async def _make(request: Request, params: AnimatedParams, image_format: str) -> 
         render=RenderOptions(width=width, height=params.height),
         encode=EncodeOptions(format="png"),
     )
-    found: dict[int, FrameResult] = {}
-    async for item in pool.grab_many(GrabTask(params.url, tuple(seconds_text(t) for t in ticks), options)):
-        if isinstance(item, FrameFailure):
-            raise item.error
-        found[item.index] = item
-    if len(found) != len(ticks):
-        raise EngineError("decode_failed", "the decoder did not answer every frame")
-    frames = [found[i] for i in range(len(ticks))]
+    frames = await grab_in_order(pool, GrabTask(params.url, tuple(seconds_text(t) for t in ticks), options))
     body = await run_in_threadpool(
         encode_animation, [(f.image, f.actual_time) for f in frames], ticks, end, image_format
     )

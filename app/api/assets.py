@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.engine.errors import EngineError
+from app.engine.generator import FrameFailure, FrameResult
 from app.engine.sources import LocalSource, Source, is_remote, resolve_source
 from app.pool.base import DecoderPool, GrabTask
 
@@ -66,3 +67,26 @@ async def one_answer(pool: DecoderPool, task: GrabTask) -> Any:
                 raise failure
             return item
     raise EngineError("decode_failed", "the decoder produced no result")
+
+
+async def grab_in_order(pool: DecoderPool, task: GrabTask) -> list[FrameResult]:
+    """Every time of ``task`` in one pass, in request order. A time past the last frame (a container
+    whose duration runs on past its video, an audio track longer than the picture) gets the last
+    frame before it, which is what a player shows there; any other failure fails the whole."""
+    found: dict[int, FrameResult] = {}
+    past_end: list[FrameFailure] = []
+    async for item in pool.grab_many(task):
+        if isinstance(item, FrameFailure):
+            if item.error.code != "no_image_at_time":
+                raise item.error
+            past_end.append(item)
+        else:
+            found[item.index] = item
+    for failure in sorted(past_end, key=lambda f: f.index):
+        earlier = [i for i in found if i < failure.index]
+        if not earlier:
+            raise failure.error
+        found[failure.index] = found[max(earlier)]
+    if len(found) != len(task.times):
+        raise EngineError("decode_failed", "the decoder did not answer every time")
+    return [found[i] for i in range(len(task.times))]

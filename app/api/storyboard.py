@@ -20,12 +20,20 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from app.api.assets import checked_source, entity_tag, local_identity, not_modified, not_modified_response, one_answer
+from app.api.assets import (
+    checked_source,
+    entity_tag,
+    grab_in_order,
+    local_identity,
+    not_modified,
+    not_modified_response,
+    one_answer,
+)
 from app.api.auth import AccessControl
 from app.api.problems import problem_responses
 from app.config import Settings
-from app.engine.errors import EngineError, InvalidParameter
-from app.engine.generator import FrameFailure, FrameResult
+from app.engine.errors import InvalidParameter
+from app.engine.generator import FrameResult
 from app.engine.info import AssetInfo
 from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
 from app.engine.storyboard import (
@@ -119,14 +127,7 @@ async def _make(request: Request, params: StoryboardParams, sheet_format: SheetF
         encode=EncodeOptions(format="png"),
     )
     task = GrabTask(params.url, tuple(seconds_text(t) for t in plan.times), options)
-    found: dict[int, FrameResult] = {}
-    async for item in pool.grab_many(task):
-        if isinstance(item, FrameFailure):
-            raise item.error
-        found[item.index] = item
-    if len(found) != len(plan.times):
-        raise EngineError("decode_failed", "the decoder did not answer every tile")
-    ordered = [found[i] for i in range(len(plan.times))]
+    ordered = await grab_in_order(pool, task)
     sheet = await run_in_threadpool(compose_sheet, plan, [r.image for r in ordered], sheet_format, params.quality)
     tiles = tuple(dataclasses.replace(r, image=b"") for r in ordered)
     return Storyboard(plan, tiles, duration), sheet
