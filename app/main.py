@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.api import animated, frames, health, info, jobs, page, storyboard
+from app.api import animated, frames, health, info, joblinks, jobs, page, storyboard
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
 from app.api.cache import Coalescer, ImageCache
 from app.api.head import HeadAsGet
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
+    application.include_router(joblinks.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(info.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(storyboard.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(animated.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)

@@ -118,3 +118,26 @@ def test_job_results_and_events_by_signed_url(tmp_path: Path) -> None:
         other = signer.sign(result).replace(job["id"], "0" * len(job["id"]))
         assert client.get(other).json()["code"] == "signature_invalid"
         assert client.get(signer.sign(f"/v1/jobs/{job['id']}")).status_code == 401  # only results and events
+
+
+def test_a_jobs_signed_links(tmp_path: Path) -> None:
+    make_h264_clip(tmp_path / "clip.mp4", size="64x48", rate=5, seconds=2)
+    settings = Settings(
+        media_root=tmp_path, workers=1, api_keys=KEY, url_signing_keys="web:" + "k" * 32, data_dir=tmp_path / "d"
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        job = client.post("/v1/jobs", json={"url": "clip.mp4", "times": ["0.5", "1"]}, headers=AUTH).json()
+        assert client.get(f"/v1/jobs/{job['id']}/links").status_code == 401
+        links = client.get(f"/v1/jobs/{job['id']}/links", headers=AUTH).json()
+        assert len(links["results"]) == 2
+        stream = client.get(links["events"])  # no key: the signature opens it, and it ends with the job
+        assert stream.status_code == 200 and stream.text.count("event: frame.succeeded") == 2
+        for url in links["results"]:
+            assert client.get(url).headers["content-type"] == "image/jpeg"
+        assert client.get("/v1/jobs/nope/links", headers=AUTH).json()["code"] == "job_not_found"
+        bad_ttl = client.get(f"/v1/jobs/{job['id']}/links", params={"ttl": "5"}, headers=AUTH)
+        assert bad_ttl.json()["parameter"] == "ttl"
+    unsigned = Settings(media_root=tmp_path, workers=1, data_dir=tmp_path / "e")
+    with TestClient(create_app(unsigned), raise_server_exceptions=False) as client:
+        job = client.post("/v1/jobs", json={"url": "clip.mp4", "times": ["0.5"]}).json()
+        assert client.get(f"/v1/jobs/{job['id']}/links").json()["code"] == "invalid_parameter"

@@ -20,6 +20,7 @@ from app.main import create_app
 from tests.live_server import LiveServer, live_server
 from tests.media import make_clip
 
+API_KEY = "page-test-key-0123456789"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -69,8 +70,22 @@ def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
         yield server
 
 
+@pytest.fixture(scope="module")
+def keyed_server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    _chromium()
+    env = {
+        "STILLFRAME_MEDIA_ROOT": str(media),
+        "STILLFRAME_WORKERS": "1",
+        "STILLFRAME_DATA_DIR": str(tmp_path_factory.mktemp("page-keyed-data")),
+        "STILLFRAME_API_KEYS": API_KEY,
+        "STILLFRAME_URL_SIGNING_KEYS": "page:" + "p" * 32,
+    }
+    with live_server(env) as server:
+        yield server
+
+
 @pytest.fixture
-def browser_page(server: LiveServer) -> Iterator[tuple[Any, list[str]]]:
+def browser_page() -> Iterator[tuple[Any, list[str]]]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: browser tests skipped")
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
@@ -142,4 +157,24 @@ def test_hover_click_keys_and_a_job_in_chromium(server: LiveServer, browser_page
     page.wait_for_function("document.querySelectorAll('#job-results img').length === 3")
     assert page.eval_on_selector("#job-progress", "p => p.value") == 3
 
+    assert errors == []
+
+
+def test_with_api_keys_on(keyed_server: LiveServer, browser_page: tuple[Any, list[str]]) -> None:
+    """Keys on: the page sends the key, the storyboard's signed sheet URL loads, the job's events come
+    through a signed EventSource URL, and the file picker lists the media root once a key is typed."""
+    page, errors = browser_page
+    page.goto(f"{keyed_server.base_url}/")
+    page.fill("#key", API_KEY)
+    page.dispatch_event("#key", "change")
+    page.wait_for_function("document.querySelectorAll('#files option').length === 2")
+    page.select_option("#files", "clip.mp4")
+    page.wait_for_selector("#timeline[data-ready='true']", timeout=30_000)
+    assert page.text_content("#actual") == "0"
+    page.click("#next")
+    page.wait_for_function("document.getElementById('actual').textContent === '0.04'")
+    page.fill("#times", "1, 2")
+    page.click("#run-job")
+    page.wait_for_function("document.getElementById('job-status').textContent === 'completed'", timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#job-results img').length === 2")
     assert errors == []

@@ -133,10 +133,9 @@ async function step(direction) {
 
 // ---------------------------------------------------------------- a batch of times as a job
 
-function readEvents(path, onEvent) {
-  const key = $("key").value.trim();
-  if (!key) {
-    const source = new EventSource(path); // a plain EventSource where no API key is needed
+function readEvents(path, onEvent, plain) {
+  if (plain) {
+    const source = new EventSource(path); // no API key needed, or a signed URL
     for (const type of ["frame.succeeded", "frame.failed", "frame.cancelled", "job.completed"]) {
       source.addEventListener(type, (event) => {
         onEvent(type, JSON.parse(event.data));
@@ -180,7 +179,17 @@ async function runJob() {
     $("job-progress").max = times.length;
     $("job-progress").value = 0;
     $("job-status").textContent = job.status;
-    readEvents(job.links.events, async (type, data) => {
+    // With an API key, a signed events URL (GET /v1/jobs/{id}/links, where URL signing is on) lets a
+    // plain EventSource in; without one, the stream is read with fetch, which can send the key.
+    let events = job.links.events;
+    let plain = !$("key").value.trim();
+    if (!plain) {
+      try {
+        events = (await (await api(`/v1/jobs/${job.id}/links`)).json()).events;
+        plain = true;
+      } catch (_) { /* no URL signing: fetch it is */ }
+    }
+    readEvents(events, async (type, data) => {
       if (type === "job.completed") {
         $("job-status").textContent = `${data.status || "completed"}`;
         return;
@@ -200,7 +209,7 @@ async function runJob() {
         img.alt = `frame at ${data.actual_time} s`;
         figure.prepend(img);
       }
-    });
+    }, plain);
   } catch (error) {
     say(error.message, true);
   }
@@ -240,10 +249,15 @@ async function openVideo(url, t) {
   }
 }
 
+// Listed when the picker is first used (a request at load would be refused where keys are on and
+// none is typed yet), and again after a key is entered.
+let listed = false;
 async function listFiles() {
+  if (listed) return;
   try {
     const { files } = await (await api("/v1/media")).json();
     for (const file of files) $("files").append(new Option(file, file));
+    listed = true;
   } catch (_) { /* no media root, or a key is needed first: the URL field still works */ }
 }
 
@@ -258,6 +272,7 @@ $("files").addEventListener("change", () => {
   }
 });
 $("key").addEventListener("change", () => listFiles());
+$("files").addEventListener("focus", () => listFiles());
 $("timeline").addEventListener("mousemove", showPreview);
 $("timeline").addEventListener("mouseleave", () => { $("preview").hidden = true; });
 $("timeline").addEventListener("click", (event) => showFrame(timeAtPointer(event).toFixed(6)));
@@ -274,7 +289,6 @@ $("keyframes").addEventListener("change", () => state.actual !== null && showFra
 $("run-job").addEventListener("click", runJob);
 
 const start = new URLSearchParams(location.search);
-listFiles();
 if (start.get("url")) {
   $("url").value = start.get("url");
   openVideo(start.get("url"), start.get("t"));
