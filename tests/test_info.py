@@ -128,3 +128,9 @@ def test_api_keys_apply() -> None:
         assert client.get("/v1/info", params={"url": "av1.mkv"}).status_code == 401
         ok = client.get("/v1/info", params={"url": "av1.mkv"}, headers={"Authorization": "Bearer " + "k" * 20})
         assert ok.status_code == 200
+
+
+def test_a_raw_stream_without_timestamps_is_described() -> None:
+    with ImageGenerator(require_corpus() / "h264_interlaced_raw_annexb.h264") as generator:
+        info = describe(generator, keyframes=True)
+    assert (info.width, info.height, info.video_codec) == (320, 240, "h264")

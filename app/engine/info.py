@@ -1,8 +1,11 @@
 """What a frontend needs to draw a timeline: an asset's duration, displayed size, frame rate, codec,
 orientation, HDR, alpha, its streams and (on request) its keyframe times.
 
-``describe`` takes an ``ImageGenerator`` that is not used for anything else afterwards (it reads,
-seeks and decodes the generator's container directly): the decoder worker opens one for the call.
+``describe`` takes a freshly opened ``ImageGenerator`` that is not used for anything else afterwards
+(it reads and decodes the generator's container directly, from the start): the decoder worker opens
+one for the call. Keyframe times come from the stream's packets, not from an MP4's index: that lists
+decode times, and a keyframe's display delay is not the same for every keyframe (an HEVC CRA with
+leading pictures shows later than an IDR).
 """
 
 from __future__ import annotations
@@ -71,12 +74,13 @@ def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo
     stream: Any = generator._stream
     origin: Fraction = generator._origin
     try:
-        frame = _first_frame(container, stream)
+        frame, stamps, truncated = _read(container, stream, keyframes=keyframes)
         layout, _ = plan_frame(frame, RenderOptions(), stream=stream, max_output_pixels=2**62)
         rotation, mirrored = orientation_from_matrix(display_matrix(frame, stream))
         pixel_format = frame.format.name
         hdr = hdr_transfer(int(frame.color_trc))
-        times, truncated = _keyframe_times(container, stream, origin) if keyframes else (None, False)
+        time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1_000_000)
+        times = tuple(sorted(stamp * time_base - origin for stamp in stamps)[:_MAX_KEYFRAMES]) if keyframes else None
         return AssetInfo(
             duration=generator.duration,
             width=layout.size[0],
@@ -100,17 +104,32 @@ def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo
         raise EngineError("decode_failed", "the source could not be read to the end of its description") from exc
 
 
-def _first_frame(container: Any, stream: Any) -> Any:
-    with contextlib.suppress(av.error.FFmpegError):
-        container.seek(0, stream=stream, backward=True, any_frame=False)
+def _read(container: Any, stream: Any, *, keyframes: bool) -> tuple[Any, set[int], bool]:
+    """One pass from the start (the container is fresh: no seek, which raw streams cannot do): the
+    first decodable picture, and with ``keyframes`` every keyframe packet's timestamp (read, not
+    decoded) and whether the list was cut at ``_MAX_KEYFRAMES``."""
+    frame, stamps = None, set()
     for read, packet in enumerate(container.demux(stream), 1):
-        for frame in packet.decode():
-            return frame
-        if read >= _FIRST_FRAME_PACKETS:
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if keyframes and packet.is_keyframe and stamp is not None:
+            stamps.add(stamp)
+            if len(stamps) > _MAX_KEYFRAMES:
+                return frame, stamps, True
+        if frame is None and packet.size:
+            decoded = packet.decode()
+            frame = decoded[0] if decoded else None
+        if frame is not None and not keyframes:
             break
-    for frame in stream.codec_context.decode(None):  # drain: a stream of one picture
-        return frame
-    raise EngineError("decode_failed", "no picture could be decoded from the video stream")
+        if frame is None and read >= _FIRST_FRAME_PACKETS:
+            break
+    if frame is None:
+        with contextlib.suppress(av.error.EOFError):
+            for drained in stream.codec_context.decode(None):  # a stream of one picture, or a short one
+                frame = drained
+                break
+    if frame is None:
+        raise EngineError("decode_failed", "no picture could be decoded from the video stream")
+    return frame, stamps, False
 
 
 def _frame_rate(stream: Any) -> Fraction | None:
@@ -142,23 +161,6 @@ def _has_alpha(pixel_format: str | None, stream: Any) -> bool:
                 return True
     # VP8/VP9 in WebM keep alpha in a side channel the default decoder does not output.
     return str(stream.metadata.get("alpha_mode", stream.metadata.get("ALPHA_MODE", ""))) == "1"
-
-
-def _keyframe_times(container: Any, stream: Any, origin: Fraction) -> tuple[tuple[Fraction, ...], bool]:
-    """Every keyframe's presentation time, in order, from the stream's packets (read, not decoded). Not
-    from an MP4's index: it lists decode times, and a keyframe's display delay is not the same for
-    every keyframe (an HEVC CRA with leading pictures shows later than an IDR)."""
-    time_base = Fraction(stream.time_base)
-    stamps: set[int] = set()
-    with contextlib.suppress(av.error.FFmpegError):
-        container.seek(0, stream=stream, backward=True, any_frame=False)
-    for packet in container.demux(stream):
-        if packet.is_keyframe and packet.pts is not None:
-            stamps.add(packet.pts)
-            if len(stamps) > _MAX_KEYFRAMES:
-                break
-    times = sorted(stamp * time_base - origin for stamp in stamps)
-    return tuple(times[:_MAX_KEYFRAMES]), len(times) > _MAX_KEYFRAMES
 
 
 def _stream_info(stream: Any) -> StreamInfo:
