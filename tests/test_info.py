@@ -134,3 +134,14 @@ def test_a_raw_stream_without_timestamps_is_described() -> None:
     with ImageGenerator(require_corpus() / "h264_interlaced_raw_annexb.h264") as generator:
         info = describe(generator, keyframes=True)
     assert (info.width, info.height, info.video_codec) == (320, 240, "h264")
+
+
+def test_a_duration_the_container_does_not_state_is_read_from_the_packets(client: TestClient) -> None:
+    name = "webm_vp9_no_duration_vfr.webm"
+    info = oracle.probe(MEDIA / name)
+    body = client.get("/v1/info", params={"url": name}).json()
+    assert body["duration"] == pytest.approx(float(info.last_frame_end), abs=0.002)
+    assert client.get("/v1/storyboard.json", params={"url": name, "count": "4"}).status_code == 200
+    # t=auto on a raw stream (no duration at all): candidates in seconds instead of percentages
+    poster = client.get("/v1/frame", params={"url": "h264_interlaced_raw_annexb.h264", "t": "auto"})
+    assert poster.status_code == 200, poster.text

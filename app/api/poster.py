@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.engine.errors import EngineError
 from app.engine.generator import FrameFailure, FrameResult
 from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
-from app.engine.poster import CANDIDATE_WIDTH, best_candidate, candidate_times, poster_score
+from app.engine.poster import CANDIDATE_WIDTH, FALLBACK_SECONDS, best_candidate, candidate_times, poster_score
 from app.engine.storyboard import seconds_text
 from app.pool.base import DecoderPool, GrabTask
 
@@ -38,11 +38,14 @@ async def poster_time(pool: DecoderPool, url: str, stream: int | None, identity:
     )
     candidates: list[FrameResult] = []
     failure: EngineError | None = None
-    async for item in pool.grab_many(GrabTask(url, tuple(candidate_times()), options)):
-        if isinstance(item, FrameFailure):
-            failure = failure or item.error
-        else:
-            candidates.append(item)
+    for times in (candidate_times(), FALLBACK_SECONDS):  # seconds where no duration is known for percentages
+        async for item in pool.grab_many(GrabTask(url, tuple(times), options)):
+            if isinstance(item, FrameFailure):
+                failure = failure or item.error
+            else:
+                candidates.append(item)
+        if candidates:
+            break
     if not candidates:
         raise failure or EngineError("decode_failed", "no poster candidate could be decoded")
     candidates.sort(key=lambda result: result.actual_time)

@@ -11,6 +11,7 @@ leading pictures shows later than an IDR).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -81,7 +82,7 @@ def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo
         hdr = hdr_transfer(int(frame.color_trc))
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1_000_000)
         times = tuple(sorted(stamp * time_base - origin for stamp in stamps)[:_MAX_KEYFRAMES]) if keyframes else None
-        return AssetInfo(
+        info = AssetInfo(
             duration=generator.duration,
             width=layout.size[0],
             height=layout.size[1],
@@ -102,6 +103,10 @@ def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo
         )
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise EngineError("decode_failed", "the source could not be read to the end of its description") from exc
+    if info.duration is None:  # the container states none: the packets' timestamps tell (it reopens the asset)
+        with contextlib.suppress(EngineError):
+            info = dataclasses.replace(info, duration=generator._scan_duration())
+    return info
 
 
 def _read(container: Any, stream: Any, *, keyframes: bool) -> tuple[Any, set[int], bool]:

@@ -18,6 +18,8 @@ CANDIDATE_WIDTH = 160  # the size candidates are scored at: plenty to tell black
 # Where to look, as percentages of the duration: past the opening (often black, a logo, a fade in)
 # and short of the end (credits, a fade out), a few early ones too for short clips.
 CANDIDATE_PERCENTS = (3, 7, 12, 18, 25, 32, 40, 48, 56, 64, 72, 80, 88)
+# Where no duration is known (a raw stream): seconds from the start; those past the end just fail.
+FALLBACK_SECONDS = ("0.5", "1", "2", "3", "5", "8", "13", "21", "34", "55", "89")
 _DARK = 28.0  # mean luma (0-255) below this: black or nearly, whatever its detail
 _BRIGHT = 235.0  # above: white (a flash, a blank card)
 _FLAT = 12.0  # luma standard deviation below this: a fade, a solid card
