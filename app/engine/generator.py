@@ -185,6 +185,7 @@ class ImageGenerator:
     _key_shift: int | None = None  # a keyframe's pts less its index timestamp (see _index_shift)
     _key_seen: int | None = None  # the last keyframe decoded since a seek (pts); see _can_continue
     _cues_read = False  # Matroska: whether a seek has loaded its Cues (see _read_cues)
+    _rendering: Future[_Rendered] | None = None  # the last render handed to the render thread
 
     def __init__(
         self,
@@ -455,7 +456,8 @@ class ImageGenerator:
 
     def _start_render(self, frame: av.VideoFrame, pipelined: bool) -> Future[_Rendered]:
         if pipelined:  # (the next frame decodes meanwhile: one core for the render)
-            return _render_thread().submit(self._render, frame, 1)
+            self._rendering = _render_thread().submit(self._render, frame, 1)
+            return self._rendering
         done: Future[_Rendered] = Future()
         try:
             done.set_result(self._render(frame, self.decode_threads))
@@ -916,6 +918,9 @@ class ImageGenerator:
     def _reopen(self) -> None:
         """Back to the very start: reopening is the one way to reach it in every format (a seek to
         the first timestamp is refused by some demuxers and lands late in others)."""
+        if self._rendering is not None:  # a render reads through the container: PyAV crashes on a closed one
+            with contextlib.suppress(Exception):
+                self._rendering.result()
         with contextlib.suppress(Exception):
             self._container.close()
         with contextlib.suppress(Exception):
