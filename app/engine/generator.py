@@ -179,13 +179,21 @@ def _render_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stillframe-render")
 
 
+def _close_in_order(container: Any, file: BinaryIO | io.RawIOBase | None) -> None:
+    """Close a container, then the file it reads (nested HLS readers must not outlive it)."""
+    with contextlib.suppress(Exception):
+        container.close()
+    if file is not None:
+        with contextlib.suppress(Exception):
+            file.close()
+
+
 class ImageGenerator:
     """Generates images from one asset. Not thread-safe: one generator serves one caller at a time."""
 
     _key_shift: int | None = None  # a keyframe's pts less its index timestamp (see _index_shift)
     _key_seen: int | None = None  # the last keyframe decoded since a seek (pts); see _can_continue
     _cues_read = False  # Matroska: whether a seek has loaded its Cues (see _read_cues)
-    _rendering: Future[_Rendered] | None = None  # the last render handed to the render thread
 
     def __init__(
         self,
@@ -456,8 +464,7 @@ class ImageGenerator:
 
     def _start_render(self, frame: av.VideoFrame, pipelined: bool) -> Future[_Rendered]:
         if pipelined:  # (the next frame decodes meanwhile: one core for the render)
-            self._rendering = _render_thread().submit(self._render, frame, 1)
-            return self._rendering
+            return _render_thread().submit(self._render, frame, 1)
         done: Future[_Rendered] = Future()
         try:
             done.set_result(self._render(frame, self.decode_threads))
@@ -918,14 +925,9 @@ class ImageGenerator:
     def _reopen(self) -> None:
         """Back to the very start: reopening is the one way to reach it in every format (a seek to
         the first timestamp is refused by some demuxers and lands late in others)."""
-        if self._rendering is not None:  # a render reads through the container: PyAV crashes on a closed one
-            with contextlib.suppress(Exception):
-                self._rendering.result()
-        with contextlib.suppress(Exception):
-            self._container.close()
-        with contextlib.suppress(Exception):
-            if self._file is not None:
-                self._file.close()
+        # A render still running reads through the old container (PyAV crashes on a closed one): the
+        # render thread closes it after the renders queued before, in order, and decoding goes on.
+        _render_thread().submit(_close_in_order, self._container, self._file)
         self._container = None
         self._file = None
         self._open_container()
