@@ -42,7 +42,7 @@ def _grab(args: argparse.Namespace) -> int:
     # A path on the command line is the operator's own file: no media-root confinement for it.
     source = args.source if "://" in args.source else Path(args.source)
     if not isinstance(source, Path):
-        source = resolve_source(args.source, get_settings())
+        source = resolve_source(args.source, get_settings().source_policy())
     status = 0
     with ImageGenerator(source, options) as generator:
         for result in generator.images_for(args.at):

@@ -12,8 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.options import DEFAULT_AVIF_SPEED, DEFAULT_WEBP_METHOD
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from app.engine.sources import SourcePolicy
+from app.net.policy import FetchPolicy, IPNetwork
 
 
 def _split_list(value: object) -> object:
@@ -99,6 +99,23 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (`*` for any); none: CORS off."
     )
     rate_limit: str | None = Field(default=None, description="Per caller, e.g. `100/minute`; unset: no limit.")
+
+    def fetch_policy(self) -> FetchPolicy:
+        """What guarded fetches (sources, webhooks) may do, from these settings."""
+        return FetchPolicy(
+            allowed_networks=tuple(self.allowed_networks),
+            allowed_ports=frozenset(self.allowed_ports),
+            connect_timeout=self.fetch_connect_timeout,
+            read_timeout=self.fetch_read_timeout,
+            total_timeout=self.fetch_total_timeout,
+            max_bytes=self.max_source_bytes,
+            max_redirects=self.max_redirects,
+        )
+
+    def source_policy(self) -> SourcePolicy:
+        """What sources may read, from these settings: the media root and the fetch policy."""
+        media_root = None if self.media_root is None else os.fspath(self.media_root)
+        return SourcePolicy(fetch=self.fetch_policy(), media_root=media_root)
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

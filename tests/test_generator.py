@@ -212,9 +212,9 @@ def test_same_frame_twice_on_one_generator_matches_a_fresh_one(clip: Path) -> No
 
 
 def test_hls_playlists_through_sources(corpus: Path) -> None:
-    settings = Settings(media_root=corpus)
+    policy = Settings(media_root=corpus).source_policy()
     for url, expected in [("hls_ts/manifest.m3u8", Fraction(1)), ("hls_fmp4/playlist.m3u8", Fraction(29029, 30000))]:
-        with ImageGenerator(resolve_source(url, settings), GrabOptions(encode=PNG)) as generator:
+        with ImageGenerator(resolve_source(url, policy), GrabOptions(encode=PNG)) as generator:
             assert generator.image_at("1").actual_time == expected
 
 

@@ -89,9 +89,9 @@ async def serve_frame(
     # Refuse bad sources here, before any queueing (an SSRF refusal needs no decoder). A local path is
     # a stat: cheaper inline than a hop to the thread pool; DNS is not.
     if is_remote(params.url):
-        source = await run_in_threadpool(resolve_source, params.url, settings)
+        source = await run_in_threadpool(resolve_source, params.url, settings.source_policy())
     else:
-        source = resolve_source(params.url, settings)
+        source = resolve_source(params.url, settings.source_policy())
     headers = {"Cache-Control": settings.cache_control}
     if params.format is None:
         headers["Vary"] = "Accept"

@@ -17,13 +17,13 @@ from app.api.problems import problem_response, problem_responses
 from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.errors import InvalidParameter
-from app.engine.fetch import check_url
 from app.engine.generator import FrameResult
 from app.engine.sources import resolve_source
 from app.engine.timeparse import parse_time
 from app.jobs.model import JOB_COMPLETED, Job, JobError, JobSpec, ResultRecord
 from app.jobs.runner import JobRunner, request_hash
 from app.jobs.store import frame_event_data
+from app.net.urls import check_url
 from app.schemas import FrameParams, RenderParams, TimeText
 
 router = APIRouter(tags=["jobs"])
@@ -163,14 +163,14 @@ async def _create(
         raise InvalidParameter(f"times: at most {settings.max_times_per_job} per job", parameter="times")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidParameter("Idempotency-Key: 1 to 255 characters", parameter="Idempotency-Key")
-    await run_in_threadpool(resolve_source, url, settings)  # refuse a bad source now, not later
+    await run_in_threadpool(resolve_source, url, settings.source_policy())  # refuse a bad source now, not later
     if callback_url is not None:
         if not settings.webhook_secret:
             raise InvalidParameter(
                 "callback_url: webhooks are not enabled on this server (no STILLFRAME_WEBHOOK_SECRET)",
                 parameter="callback_url",
             )
-        await run_in_threadpool(check_url, callback_url, settings)  # the SSRF guard, as for sources
+        await run_in_threadpool(check_url, callback_url, settings.fetch_policy())  # the SSRF guard, as for sources
     params = render.model_dump(mode="json", include=set(RenderParams.model_fields))
     params["format"] = image_format
     fields = {

@@ -4,8 +4,8 @@ FFmpeg never opens a URL or path itself: it reads through the file-like objects 
 
 Accepted source strings (see :func:`resolve_source`):
 
-* ``http://…`` / ``https://…``: fetched through the SSRF guard in :mod:`app.engine.fetch`.
-* a relative path (``clips/a.mp4``), resolved under ``settings.media_root``;
+* ``http://…`` / ``https://…``: fetched through the SSRF guard in :mod:`app.net`.
+* a relative path (``clips/a.mp4``), resolved under ``SourcePolicy.media_root``;
 * ``file:relative/path`` or ``file:///absolute/path`` (percent-encoded), and bare absolute paths:
   only when they land inside the media root after resolving ``..`` and symlinks.
 
@@ -19,15 +19,26 @@ import os
 import re
 import stat
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol, cast
 from urllib.parse import quote, unquote_to_bytes, urljoin, urlsplit
 
-from app.config import Settings
 from app.engine.errors import EngineError
-from app.engine.fetch import HttpRangeReader, Resolver, check_url_full
+from app.net.policy import FetchPolicy
+from app.net.ranged import HttpRangeReader
+from app.net.urls import DEFAULT_PORTS, Resolver, check_url_full
 
-__all__ = ["HttpSource", "LocalSource", "Source", "resolve_source"]
+__all__ = ["HttpSource", "LocalSource", "Source", "SourcePolicy", "resolve_source"]
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What sources may read: files under ``media_root`` (``None``: no local files at all), and URLs
+    as ``fetch`` allows. Frozen and picklable: sources carry it into decoder processes."""
+
+    fetch: FetchPolicy
+    media_root: str | None = None
 
 
 class Source(Protocol):
@@ -75,14 +86,14 @@ def _check_chars(text: str) -> None:
 
 
 # Paths here are plain strings, not pathlib objects: this runs twice per grab (API and decoder worker),
-# and pathlib's parsing cost a third of it (~12 of 46 us).
+# and pathlib's parsing was a large part of its cost.
 
 
-def _media_root(settings: Settings) -> str:
+def _media_root(policy: SourcePolicy) -> str:
     """The media root, resolved on every call (a root that is a symlink may be repointed)."""
-    if settings.media_root is None:
+    if policy.media_root is None:
         raise EngineError("source_forbidden", "local files are disabled on this server (no media root)")
-    root = os.path.realpath(settings.media_root)
+    root = os.path.realpath(policy.media_root)
     if not os.path.isdir(root):
         raise EngineError("source_not_found", "local source not found")
     return root
@@ -104,10 +115,10 @@ class LocalSource:
     symlinks included) to a regular file inside the root.
     """
 
-    def __init__(self, path: str | os.PathLike[str], settings: Settings, *, resolver: Resolver | None = None) -> None:
-        self.settings = settings
+    def __init__(self, path: str | os.PathLike[str], policy: SourcePolicy, *, resolver: Resolver | None = None) -> None:
+        self.policy = policy
         self._resolver = resolver
-        root = _media_root(settings)
+        root = _media_root(policy)
         text = os.fspath(path)
         if not text or "\x00" in text:
             raise EngineError("invalid_parameter", "malformed local path")
@@ -160,11 +171,11 @@ class LocalSource:
         _check_chars(url)
         scheme = _scheme_of(url)
         if scheme in _HTTP_SCHEMES:
-            return HttpSource(url, self.settings, resolver=self._resolver)
+            return HttpSource(url, self.policy.fetch, resolver=self._resolver)
         if scheme is not None and scheme != "file":
             raise _refuse_scheme(scheme)
         base = "file://" + quote(os.fsencode(self.path), safe="/")
-        return _local_from_file_url(_join(base, url), self.settings, resolver=self._resolver)
+        return _local_from_file_url(_join(base, url), self.policy, resolver=self._resolver)
 
     def open_related(self, url: str) -> BinaryIO:
         return self.related_source(url).open()
@@ -178,7 +189,7 @@ def _join(base: str, url: str) -> str:
         raise EngineError("invalid_parameter", "malformed URL in the source") from exc
 
 
-def _local_from_file_url(url: str, settings: Settings, *, resolver: Resolver | None = None) -> LocalSource:
+def _local_from_file_url(url: str, policy: SourcePolicy, *, resolver: Resolver | None = None) -> LocalSource:
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. "file://[": an unclosed IPv6 host
@@ -190,7 +201,7 @@ def _local_from_file_url(url: str, settings: Settings, *, resolver: Resolver | N
     raw = unquote_to_bytes(parts.path)
     if not raw or b"\x00" in raw:
         raise EngineError("invalid_parameter", "malformed file: URL")
-    return LocalSource(os.fsdecode(raw), settings, resolver=resolver)
+    return LocalSource(os.fsdecode(raw), policy, resolver=resolver)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,13 +217,13 @@ class HttpSource:
     request if needed, and the reader it opened is handed to the next :meth:`open`.
     """
 
-    def __init__(self, url: str, settings: Settings, *, resolver: Resolver | None = None) -> None:
-        checked = check_url_full(url, settings, resolver)
+    def __init__(self, url: str, policy: FetchPolicy, *, resolver: Resolver | None = None) -> None:
+        checked = check_url_full(url, policy, resolver)
         self.url = checked.url  # normalised
-        self.settings = settings
+        self.policy = policy
         self._resolver = resolver
         host = f"[{checked.host}]" if ":" in checked.host else checked.host
-        port = "" if checked.port == {"http": 80, "https": 443}[checked.scheme] else f":{checked.port}"
+        port = "" if checked.port == DEFAULT_PORTS[checked.scheme] else f":{checked.port}"
         path = urlsplit(checked.url).path or "/"
         self.display_name = f"{checked.scheme}://{host}{port}{path}"  # no query: it may hold tokens
         self.etag: str | None = None
@@ -245,7 +256,7 @@ class HttpSource:
             self._identity = f"http:{self.url}:{reader.etag or ''}:{reader.last_modified or ''}:{size}"
 
     def _new_reader(self) -> HttpRangeReader:
-        return HttpRangeReader(self.url, self.settings, resolver=self._resolver)
+        return HttpRangeReader(self.url, self.policy, resolver=self._resolver)
 
     @property
     def identity(self) -> str:
@@ -277,7 +288,7 @@ class HttpSource:
         scheme = _scheme_of(url)
         if scheme is not None and scheme not in _HTTP_SCHEMES:
             raise _refuse_scheme(scheme)
-        return HttpSource(_join(self.final_url or self.url, url), self.settings, resolver=self._resolver)
+        return HttpSource(_join(self.final_url or self.url, url), self.policy, resolver=self._resolver)
 
     def open_related(self, url: str) -> BinaryIO:
         return self.related_source(url).open()
@@ -300,7 +311,7 @@ def is_remote(url: str) -> bool:
     return _scheme_of(url) in _HTTP_SCHEMES
 
 
-def resolve_source(url: str, settings: Settings, *, resolver: Resolver | None = None) -> Source:
+def resolve_source(url: str, policy: SourcePolicy, *, resolver: Resolver | None = None) -> Source:
     """Turn the client's ``url`` parameter into a :class:`Source`, applying every access rule.
 
     Raises ``EngineError``: ``source_forbidden`` (local files disabled, outside the media root,
@@ -310,10 +321,10 @@ def resolve_source(url: str, settings: Settings, *, resolver: Resolver | None = 
     _check_chars(url)
     scheme = _scheme_of(url)
     if scheme in _HTTP_SCHEMES:
-        return HttpSource(url, settings, resolver=resolver)
+        return HttpSource(url, policy.fetch, resolver=resolver)
     if scheme == "file":
-        _media_root(settings)  # "disabled" beats any other complaint
-        return _local_from_file_url(url, settings, resolver=resolver)
+        _media_root(policy)  # "disabled" beats any other complaint
+        return _local_from_file_url(url, policy, resolver=resolver)
     if scheme is not None:
         raise _refuse_scheme(scheme)
-    return LocalSource(url, settings, resolver=resolver)
+    return LocalSource(url, policy, resolver=resolver)

@@ -17,16 +17,16 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
 from app.config import Settings
 from app.engine.errors import EngineError
-from app.engine.fetch import GuardedClient
 from app.jobs.model import Delivery
 from app.jobs.store import JobStore
+from app.net.client import GuardedClient
 
 log = logging.getLogger("stillframe.webhooks")
 
@@ -100,16 +100,15 @@ def send(delivery: Delivery, settings: Settings, webhook: Webhook) -> Attempt:
         "Content-Type": "application/json",
         "User-Agent": _USER_AGENT,
     }
-    limits = settings.model_copy(
-        update={
-            "max_redirects": 0,  # a redirect is an error, never followed
-            "fetch_connect_timeout": min(settings.fetch_connect_timeout, settings.webhook_timeout),
-            "fetch_read_timeout": settings.webhook_timeout,
-            "fetch_total_timeout": settings.webhook_timeout,
-        }
+    policy = replace(
+        settings.fetch_policy(),
+        max_redirects=0,  # a redirect is an error, never followed
+        connect_timeout=min(settings.fetch_connect_timeout, settings.webhook_timeout),
+        read_timeout=settings.webhook_timeout,
+        total_timeout=settings.webhook_timeout,
     )
     try:
-        with GuardedClient(limits) as client:  # a fresh client: the URL is checked (and resolved) again
+        with GuardedClient(policy) as client:  # a fresh client: the URL is checked (and resolved) again
             response = client.open(
                 delivery.url,
                 method="POST",

@@ -161,7 +161,7 @@ class _OpenAssets:
                 generator.options = task.options
                 self._items[key] = generator
                 return generator, recent[0]
-        source = resolve_source(task.url, settings)
+        source = resolve_source(task.url, settings.source_policy())
         identity = source.identity  # changes with the bytes: size + mtime, or ETag / Last-Modified
         if isinstance(source, HttpSource):
             self._remote[task.url] = (identity, time.monotonic())
