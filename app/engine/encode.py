@@ -47,7 +47,7 @@ def _quality(options: EncodeOptions) -> int | None:
     return quality
 
 
-def encode_frame(
+def render_and_encode(
     frame: av.VideoFrame,
     render: RenderOptions,
     encode: EncodeOptions,
