@@ -16,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from app.engine import yuvencode
+import app.engine.yuvencode as yuvencode
 from app.engine.errors import InvalidParameter
 from app.engine.options import CONTENT_TYPES, EncodeOptions, RenderOptions
 from app.engine.render import DEFAULT_MAX_OUTPUT_PIXELS, FrameMetadata, plan_frame, render_frame

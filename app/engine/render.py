@@ -35,7 +35,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Interpolation
 from PIL import Image, ImageColor
 
-from app.engine import colour
+import app.engine.colour as colour
 from app.engine.errors import EngineError, InvalidParameter
 from app.engine.options import RenderOptions
 

@@ -35,7 +35,7 @@ from av.filter import Graph
 from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
-from app.engine import colour
+import app.engine.colour as colour
 from app.engine.parallel import in_parallel
 from app.engine.render import SCALE_FLAGS, Layout
 
