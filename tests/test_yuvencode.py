@@ -317,7 +317,7 @@ def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
         assert all(pool.map(convert_all, (1, 2)))
 
 
-def test_encode_frame_picks_the_path(clips: dict[str, Path]) -> None:
+def test_render_and_encode_picks_the_path(clips: dict[str, Path]) -> None:
     """JPEG of a plain layout comes from the planes; pad, cover crops and other formats from RGB."""
     frame, stream = first_frame(clips["plain"])
     plain, _ = plan_frame(frame, RenderOptions(), stream=stream)
@@ -347,7 +347,7 @@ def test_hdr_to_sdr_takes_the_tone_mapping_path() -> None:
     assert yuvencode.can_encode(frame, layout, region, "native")
 
 
-def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
+def test_render_and_encode_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
     with av.open(str(clips["plain"])) as container:
         frame = next(container.decode(video=0))
     big = frame.reformat(width=1280, height=720, format="yuv420p")  # big enough to be cut into bands
