@@ -16,26 +16,25 @@ How a frame is chosen (the time contract):
   else the frame on screen at t or the first one after it inside the window.
 
 The parts: ``container`` opens the asset and picks the stream, ``decode`` (``Playhead``) seeks and
-decodes, ``keyframes`` finds keyframes, ``cursor`` is the search's state they share; this module
-searches, and schedules a batch's renders on a helper thread.
+decodes, ``keyframes`` finds keyframes, ``cursor`` is the search's state they share, ``images`` makes
+the images; this module searches, and orders a batch so that each image is made while the next frame
+decodes.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import math
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import av
 import av.error
 
 from app.engine.container import (
@@ -45,16 +44,16 @@ from app.engine.container import (
     open_container,
     select_video_stream,
 )
-from app.engine.cursor import ANSWER_KNOWN, Cursor, Decoded, ImageKey
+from app.engine.cursor import ANSWER_KNOWN, Cursor, Decoded
 from app.engine.decode import DEFAULT_DECODE_THREADS, DecodeStats, PicturesDropped, Playhead
 from app.engine.errors import EngineError
+from app.engine.images import ImageMaker
 from app.engine.keyframes import KeyframeFinder
 from app.engine.options import CONTENT_TYPES, GrabOptions, SourceLimits
 from app.engine.results import FrameFailure, FrameResult, Rendered
 from app.engine.timeparse import TimeSpec, parse_time
 
 if TYPE_CHECKING:
-    from app.engine.render import FrameMetadata
     from app.engine.sources import Source
 
 _PIPELINE_DEPTH = 2  # decoded frames that may wait for the render thread (memory: a few frames)
@@ -70,12 +69,6 @@ class _Pending:
     decoded: Decoded
     decode_seconds: float
     render: Future[Rendered]
-
-
-@functools.cache
-def _render_thread() -> ThreadPoolExecutor:
-    """One render thread per process: a decoder worker runs one task at a time."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stillframe-render")
 
 
 class ImageGenerator:
@@ -95,11 +88,9 @@ class ImageGenerator:
         decode_threads: int = DEFAULT_DECODE_THREADS,
     ) -> None:
         self.options = options or GrabOptions()
-        self.max_output_pixels = max_output_pixels
         self.limits = limits or SourceLimits()
         self.cursor = Cursor()
         self._duration_cache: Fraction | None = None
-        self._metadata: FrameMetadata | None = None  # side data of the stream's frames, once one is rendered
         started = time.perf_counter()
         container, file = open_container(source)
         try:
@@ -108,6 +99,7 @@ class ImageGenerator:
                 source, (container, file), stream, decode_threads=max(1, decode_threads), cursor=self.cursor
             )
             self.keyframes = KeyframeFinder(self._playhead, complete_keyframe_index(container, stream))
+            self._images = ImageMaker(self._playhead, max_output_pixels)
             duration = self.duration
             if duration is not None and duration > self.limits.max_duration:
                 raise EngineError("source_too_long", "the source's duration is over the limit")
@@ -223,7 +215,7 @@ class ImageGenerator:
                     yield FrameFailure(index, spec, exc)
                     continue
                 if decoded.pts not in renders:
-                    renders = {decoded.pts: self._image_for(decoded, pipelined)}
+                    renders = {decoded.pts: self._images.image_for(decoded, self.options, pipelined=pipelined)}
                 pending.append(_Pending(index, spec, seconds, decoded, decode_seconds, renders[decoded.pts]))
                 # Out as soon as its image is ready (those of the frames decoded meanwhile usually are),
                 # and at the latest when the renders fall _PIPELINE_DEPTH frames behind.
@@ -236,35 +228,6 @@ class ImageGenerator:
             for item in pending:
                 with contextlib.suppress(Exception):
                     item.render.result()
-
-    def _image_for(self, decoded: Decoded, pipelined: bool) -> Future[Rendered]:
-        """The frame's image, made now, or the last one made if it was of the same frame with the same
-        options (a scrubbing client asks for many times that land on one frame, or one keyframe)."""
-        key: ImageKey = (decoded.pts, self.options.render, self.options.encode)
-        last = self.cursor.last_image
-        made = decoded.image or (last[1] if last is not None and last[0] == key else None)
-        if made is not None:
-            image, width, height, _ = made
-            done: Future[Rendered] = Future()
-            done.set_result((image, width, height, {"render": 0.0, "encode": 0.0}))
-            return done
-        future = self._start_render(decoded.frame, pipelined)
-        future.add_done_callback(lambda made: self._remember_image(key, made))
-        return future
-
-    def _remember_image(self, key: ImageKey, made: Future[Rendered]) -> None:
-        if not made.cancelled() and made.exception() is None:
-            self.cursor.last_image = (key, made.result())
-
-    def _start_render(self, frame: av.VideoFrame, pipelined: bool) -> Future[Rendered]:
-        if pipelined:  # (the next frame decodes meanwhile: one core for the render)
-            return _render_thread().submit(self._render, frame, 1)
-        done: Future[Rendered] = Future()
-        try:
-            done.set_result(self._render(frame, self._playhead.decode_threads))
-        except EngineError as exc:
-            done.set_exception(exc)
-        return done
 
     def _finish(self, item: _Pending) -> FrameResult | FrameFailure:
         try:
@@ -287,28 +250,6 @@ class ImageGenerator:
             height=height,
             timings=timings,
         )
-
-    def _render(self, frame: av.VideoFrame, threads: int) -> Rendered:
-        from app.engine.encode import render_and_encode
-        from app.engine.render import FrameMetadata
-
-        try:
-            if self._metadata is None:  # the stream's side data, read once (see FrameMetadata)
-                self._metadata = FrameMetadata.of(frame)
-            data, (width, height), timings = render_and_encode(
-                frame,
-                self.options.render,
-                self.options.encode,
-                stream=self._playhead.stream,
-                max_output_pixels=self.max_output_pixels,
-                metadata=self._metadata,
-                threads=threads,
-            )
-        except EngineError:
-            raise
-        except (av.error.FFmpegError, ValueError, MemoryError) as exc:
-            raise EngineError("decode_failed", "the frame could not be converted to an image") from exc
-        return data, width, height, timings
 
     # ------------------------------------------------------------------ the search
 
