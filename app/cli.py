@@ -20,7 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _grab(args: argparse.Namespace) -> int:
     from app.config import get_settings
-    from app.engine.generator import FrameFailure, ImageGenerator
+    from app.engine import FrameFailure, ImageGenerator
     from app.engine.sources import resolve_source
     from app.schemas import RenderParams
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.engine.generator import FrameResult
+from app.engine import FrameResult
 from app.jobs.model import JobSpec
 from app.jobs.runner import JobRunner
 from app.jobs.store import SqliteJobStore

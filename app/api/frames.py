@@ -17,8 +17,8 @@ from app.api.deps import FrameServices, get_frame_services
 from app.api.jobs import respond_async, wants_async
 from app.api.problems import problem_responses
 from app.config import Settings
+from app.engine import FrameResult
 from app.engine.encode import negotiate_format
-from app.engine.generator import FrameResult
 from app.engine.sources import LocalSource, is_remote, resolve_source
 from app.engine.timeparse import format_fraction
 from app.pool.base import GrabTask

@@ -15,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import get_app_settings
 from app.api.problems import problem_response, problem_responses
 from app.config import Settings
+from app.engine import FrameResult
 from app.engine.encode import negotiate_format
 from app.engine.errors import InvalidParameter
-from app.engine.generator import FrameResult
 from app.engine.sources import resolve_source
 from app.engine.timeparse import parse_time
 from app.jobs.model import JOB_COMPLETED, Job, JobError, JobSpec, ResultRecord

@@ -24,8 +24,8 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 from app.config import Settings
+from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult
 from app.engine.options import GrabOptions
 from app.engine.timeparse import parse_time
 from app.jobs.model import Job, JobError, JobEvent, JobSpec, JobStatus, ResultRecord

@@ -36,8 +36,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import Settings
+from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult
 from app.pool.base import GrabTask
 from app.pool.worker import worker_main
 

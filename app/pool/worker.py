@@ -25,8 +25,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import Settings
+from app.engine import FrameResult, ImageGenerator
 from app.engine.errors import EngineError
-from app.engine.generator import FrameResult, ImageGenerator
 from app.engine.options import SourceLimits
 from app.pool.base import GrabTask
 
