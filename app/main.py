@@ -15,7 +15,7 @@ from app.api.cache import Coalescer, ImageCache
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
-from app.jobs.store import SqliteJobStore
+from app.jobs.sqlite import SqliteJobStore
 from app.pool.process import ProcessDecoderPool
 
 log = logging.getLogger("stillframe")

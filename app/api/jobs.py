@@ -21,9 +21,9 @@ from app.engine.fetch import check_url
 from app.engine.generator import FrameResult
 from app.engine.sources import resolve_source
 from app.engine.timeparse import parse_time
+from app.jobs.events import format_timestamp, frame_event_data
 from app.jobs.model import JOB_COMPLETED, Job, JobError, JobSpec, ResultRecord
 from app.jobs.runner import JobRunner, request_hash
-from app.jobs.store import frame_event_data
 from app.schemas import FrameParams, RenderParams, TimeText
 
 router = APIRouter(tags=["jobs"])
@@ -98,10 +98,10 @@ def job_view(job: Job, results: list[ResultRecord] | None = None) -> dict[str, A
         "id": job.id,
         "status": job.status,
         "url": job.url,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "finished_at": _iso(job.finished_at),
-        "expires_at": _iso(job.expires_at),
+        "created_at": format_timestamp(job.created_at),
+        "updated_at": format_timestamp(job.updated_at),
+        "finished_at": format_timestamp(job.finished_at),
+        "expires_at": format_timestamp(job.expires_at),
         "progress": {
             "total": total,
             "done": done,
@@ -125,14 +125,6 @@ def _result_view(job: Job, record: ResultRecord) -> dict[str, Any]:
     data = frame_event_data(job, record)
     data.pop("job_id")
     return data
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _accepted(job: Job, created: bool, extra_headers: dict[str, str] | None = None) -> JSONResponse:
