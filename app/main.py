@@ -58,8 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.in_flight = Coalescer()
     install_problem_handlers(application)
     install_access_control(application, settings)
-    for router in (frames.router, jobs.router):
-        application.include_router(router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
+    # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
+    application.include_router(frames.router, responses=AUTH_RESPONSES)
+    application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")

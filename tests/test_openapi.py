@@ -48,8 +48,8 @@ def test_each_documented_problem_is_a_code_of_its_status() -> None:
 
 
 def test_get_frame_documents_every_query_parameter_it_reads() -> None:
-    """``GET /v1/frame`` binds its query as a model: its document must name every field of FrameParams,
-    each in the query, required exactly when the model requires it."""
+    """``GET /v1/frame`` binds its query itself (app.api.frames.frame_query): its document must still
+    name every field of FrameParams, each in the query, required exactly when the model requires it."""
     from app.schemas import FrameParams
 
     parameters = create_app().openapi()["paths"]["/v1/frame"]["get"]["parameters"]
@@ -60,8 +60,8 @@ def test_get_frame_documents_every_query_parameter_it_reads() -> None:
 
 
 def test_get_frame_documents_the_security_it_checks() -> None:
-    """``GET /v1/frame`` (the one route a signed URL opens) names the schemes the other routes that
-    depend on ``caller_identity`` name, and the same refusals."""
+    """``GET /v1/frame`` checks its caller itself (app.api.auth.authenticate): its document must name the
+    schemes the routes that depend on ``caller_identity`` name, and the same refusals."""
     frame = create_app().openapi()["paths"]["/v1/frame"]
     assert frame["get"]["security"] == frame["post"]["security"] != []
     assert {"401", "403", "429"} <= set(frame["get"]["responses"])

@@ -38,11 +38,13 @@ from app.errors import ProblemError
 
 __all__ = [
     "AUTH_RESPONSES",
+    "SECURITY",
     "AccessControl",
     "AccessDenied",
     "ApiKeyring",
     "Caller",
     "UrlSigner",
+    "authenticate",
     "caller_identity",
     "canonical_message",
     "install_access_control",
@@ -330,6 +332,16 @@ async def caller_identity(
     service is open. Raises 401 ``unauthorized``, 403 ``signature_invalid`` / ``signature_expired``
     or 429 ``rate_limited`` (with ``Retry-After``). FastAPI caches it per request, so routers may
     depend on it again for ownership without a second rate-limit hit."""
+    return _identify(request, credentials)
+
+
+async def authenticate(request: Request) -> str | None:
+    """:func:`caller_identity` for ``GET /v1/frame``, which binds nothing through FastAPI (see
+    app.api.frames): the same checks on the same credentials."""
+    return _identify(request, await _bearer(request))
+
+
+def _identify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
     access: AccessControl = request.app.state.access_control
     identity = access.authenticate(request, credentials).identity
     request.state.owner = identity  # what the jobs router files jobs under (app.api.jobs.get_owner)
@@ -337,6 +349,8 @@ async def caller_identity(
 
 
 CallerId = Annotated[str | None, Depends(caller_identity)]
+# What a route that depends on caller_identity gets in its OpenAPI operation: either scheme will do.
+SECURITY: list[dict[str, list[str]]] = [{_bearer.scheme_name: []}, {_signed_url.scheme_name: []}]
 
 AUTH_RESPONSES = problem_responses(
     "unauthorized",
