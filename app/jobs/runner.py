@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import signal
 import time
@@ -83,8 +84,6 @@ class JobEvents:
 
 
 def request_hash(spec_fields: dict[str, Any]) -> str:
-    import json
-
     return hashlib.sha256(json.dumps(spec_fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
