@@ -22,20 +22,10 @@ def _grab(args: argparse.Namespace) -> int:
     from app.config import get_settings
     from app.engine import FrameFailure, ImageGenerator
     from app.engine.sources import resolve_source
-    from app.schemas import RenderParams
+    from app.schemas import GrabParams
 
-    params = RenderParams(
-        tolerance=args.tolerance,
-        rotate=args.rotate,
-        aperture=args.aperture,
-        width=args.width,
-        height=args.height,
-        fit=args.fit,
-        dynamic_range=args.dynamic_range,
-        format=args.format,
-        quality=args.quality,
-        stream=args.stream,
-    )
+    # The grab's options are the arguments named as its fields (--dynamic-range: dynamic_range, ...).
+    params = GrabParams(**{name: value for name, value in vars(args).items() if name in GrabParams.model_fields})
     image_format = params.format or (Path(args.out).suffix.lstrip(".").lower() if args.out else "") or "jpeg"
     image_format = {"jpg": "jpeg"}.get(image_format, image_format)
     options = params.grab_options(image_format)  # type: ignore[arg-type]

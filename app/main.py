@@ -15,7 +15,7 @@ from app.api.cache import Coalescer, ImageCache
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
-from app.jobs.store import SqliteJobStore
+from app.jobs.sqlite import SqliteJobStore
 from app.pool.process import ProcessDecoderPool
 
 log = logging.getLogger("stillframe")
@@ -57,7 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.image_cache = ImageCache(settings.image_cache_bytes)
     application.state.in_flight = Coalescer()
     install_problem_handlers(application)
-    jobs.install_job_problem_handlers(application)
     install_access_control(application, settings)
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
