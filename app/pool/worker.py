@@ -188,6 +188,9 @@ class _OpenAssets:
             evicted.close()
         return generator, identity
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def close(self) -> None:
         while self._items:
             self._items.popitem()[1].close()
@@ -265,4 +268,4 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
             replies.send(("retire", os.getpid()))
             replies.send(("done", task_id))
             break
-        replies.send(("done", task_id))
+        replies.send(("done", task_id, len(assets)))
