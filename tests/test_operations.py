@@ -446,3 +446,80 @@ def test_served_metrics_add_up_across_processes(not_behind_proxy: Served) -> Non
     assert value(after, name, **labels) == value(before, name, **labels) + 1
     assert value(after, "stillframe_grab_stage_duration_seconds_count", stage="decode") >= 1
     assert list((not_behind_proxy.data / "prometheus").glob("*.db"))
+
+
+# ---------------------------------------------------------------- deploy/docker-compose.yml (no Docker engine here)
+
+COMPOSE = REPO / "deploy" / "docker-compose.yml"
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable syntax: ``${X}``, ``${X:-default}``, ``${X-default}``, ``${X?error}``, ``${X:?error}``."""
+
+    def one(match: re.Match[str]) -> str:
+        name, dash, default, question, error = match.groups()
+        if question:
+            if name not in env or (question == ":?" and not env[name]):
+                raise LookupError(f"{name}: {error}")
+            return env[name]
+        if dash and (name not in env or (dash == ":-" and not env[name])):
+            return default
+        return env.get(name, "")
+
+    return _VARIABLE.sub(one, text)
+
+
+def compose_service(env: dict[str, str]) -> dict[str, object]:
+    import yaml
+
+    document = yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+    service = document["services"]["stillframe"]
+    assert isinstance(service, dict)
+    assert "stillframe-data" in document["volumes"]
+    return service
+
+
+def test_compose_requires_an_api_key_unless_opened_on_purpose() -> None:
+    with pytest.raises(LookupError, match="STILLFRAME_API_KEYS"):
+        compose_service({})
+    keyed = compose_service({"STILLFRAME_API_KEYS": "k" * 43})
+    environment = keyed["environment"]
+    assert isinstance(environment, dict)
+    assert Settings(**{k.removeprefix("STILLFRAME_").lower(): v for k, v in environment.items()}).api_keys
+    opened = compose_service({"STILLFRAME_API_KEYS": ""})["environment"]
+    assert isinstance(opened, dict) and opened["STILLFRAME_API_KEYS"] == ""
+
+
+def test_compose_environment_is_settings_the_service_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = compose_service({"STILLFRAME_API_KEYS": "k" * 43})
+    environment = service["environment"]
+    assert isinstance(environment, dict)
+    for name in environment:
+        assert name.startswith("STILLFRAME_") and name.removeprefix("STILLFRAME_").lower() in Settings.model_fields, (
+            name
+        )
+    for name, text in environment.items():
+        monkeypatch.setenv(name, str(text))
+    settings = Settings()  # every value, defaults and empties included, is one the settings accept
+    assert settings.media_root == Path("/media") and settings.data_dir == Path("/data")
+    assert settings.metrics_token is None and settings.forwarded_allow_ips is None and settings.rate_limit
+    volumes = service["volumes"]
+    assert isinstance(volumes, list)
+    assert "./media:/media:ro" in volumes and "stillframe-data:/data" in volumes
+    assert service["read_only"] is True and float(str(service["cpus"])) == 2
+
+
+def test_compose_healthcheck_is_readiness(not_behind_proxy: Served) -> None:
+    healthcheck = compose_service({"STILLFRAME_API_KEYS": ""})["healthcheck"]
+    assert isinstance(healthcheck, dict)
+    test = healthcheck["test"]
+    assert isinstance(test, list) and test[0] == "CMD" and "/readyz" in test[-1]
+    port = not_behind_proxy.base_url.rsplit(":", 1)[1]
+    command = [sys.executable, *test[2:]]  # the image's python, here ours
+    ok = subprocess.run([*command[:-1], command[-1].replace(":8000", f":{port}")], timeout=30)
+    assert ok.returncode == 0
+    down = subprocess.run(
+        [*command[:-1], command[-1].replace(":8000", f":{free_port()}")], capture_output=True, timeout=30
+    )
+    assert down.returncode != 0
