@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="Server logs (one line per request included): JSON objects or plain text."
     )
+    tracing_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. `http://collector:4318/v1/traces`); unset: no tracing. "
+        "Needs the `tracing` extra.",
+    )
+    tracing_service_name: str = Field(default="stillframe", description="`service.name` of the spans.")
     forwarded_allow_ips: str | None = Field(
         default=None,
         description="Proxy addresses (comma list, CIDRs allowed, `*` for any) whose X-Forwarded-For and "
@@ -212,7 +218,9 @@ class Settings(BaseSettings):
         parse_rate(str(value))
         return value
 
-    @field_validator("media_root", "webhook_secret", "metrics_token", "forwarded_allow_ips", mode="before")
+    @field_validator(
+        "media_root", "webhook_secret", "metrics_token", "forwarded_allow_ips", "tracing_endpoint", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

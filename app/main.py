@@ -19,6 +19,7 @@ from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
 from app.jobs.sqlite import SqliteJobStore
 from app.pool.process import ProcessDecoderPool
+from app.tracing import install_tracing
 
 log = logging.getLogger("stillframe")
 
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.stop()  # drain: running jobs finish or are handed back
             await pool.stop()
             store.close()
+            if application.state.tracer_provider is not None:
+                application.state.tracer_provider.shutdown()  # sends the spans still buffered
 
     # /docs and /redoc from the Swagger UI and ReDoc files the fastapi-offline package ships (pinned
     # with it), served here under /docs/static: the docs work with no Internet and load nothing from a CDN.
@@ -68,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
     application.include_router(metrics.router)
-    application.add_middleware(ObserveMiddleware)  # outermost: every answer gets its log line and metrics
+    application.add_middleware(ObserveMiddleware)  # outer: every answer gets its log line and metrics
+    application.state.tracer_provider = install_tracing(application, settings)  # outermost, when configured
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")
     return application

@@ -11,8 +11,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -523,3 +525,64 @@ def test_compose_healthcheck_is_readiness(not_behind_proxy: Served) -> None:
         [*command[:-1], command[-1].replace(":8000", f":{free_port()}")], capture_output=True, timeout=30
     )
     assert down.returncode != 0
+
+
+# ---------------------------------------------------------------- tracing (the `tracing` extra, installed with dev)
+
+
+def test_tracing_is_off_unless_configured(ops_client: TestClient) -> None:
+    assert ops_client.app.state.tracer_provider is None  # type: ignore[attr-defined]
+    assert not any("OpenTelemetry" in str(m.cls) for m in ops_client.app.user_middleware)  # type: ignore[attr-defined]
+
+
+def test_tracing_sends_a_span_per_request_over_otlp(
+    make_client: Callable[..., TestClient], media: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="the tracing extra is not installed")
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):  # a real OTLP/HTTP endpoint, as far as traces go
+        def do_POST(self) -> None:
+            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+        client = ready(make_client(media_root=media, data_dir=tmp_path, tracing_endpoint=endpoint))
+        assert (
+            client.get("/v1/frame", params={"url": "clip.mp4", "t": "1"}, headers={"X-Request-ID": "t-1"}).status_code
+            == 200
+        )
+        assert (
+            client.get("/v1/frame", params={"url": "absent.mp4", "t": "1"}, headers={"X-Request-ID": "t-2"}).status_code
+            == 404
+        )
+        client.app.state.tracer_provider.force_flush()  # type: ignore[attr-defined]
+    finally:
+        collector.shutdown()
+    spans = {}
+    for path, body in received:
+        assert path == "/v1/traces"
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            assert service == "stillframe"
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    attributes = {a.key: a.value for a in span.attributes}
+                    spans[attributes["stillframe.request_id"].string_value] = (span.name, attributes)
+    name, attributes = spans["t-1"]
+    assert name == "GET /v1/frame" and attributes["http.route"].string_value == "/v1/frame"
+    assert "stillframe.problem_code" not in attributes
+    name, attributes = spans["t-2"]
+    assert attributes["stillframe.problem_code"].string_value == "source_not_found"
+    assert any(v.int_value == 404 for k, v in attributes.items() if "status_code" in k)

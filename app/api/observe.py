@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import REQUEST_SECONDS, REQUESTS
+from app.tracing import SPAN_STATE_KEY
 
 access_log = logging.getLogger("stillframe.access")
 
@@ -75,9 +76,15 @@ class ObserveMiddleware:
                         seen["timing"] = value.decode("latin-1")
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
+                if (span := state.get(SPAN_STATE_KEY)) is not None:  # tracing is on (app.tracing)
+                    route = _route(scope)
+                    span.update_name(f"{scope['method']} {route}")
+                    span.set_attributes({"http.route": route, "stillframe.request_id": request_id})
             elif message["type"] == "http.response.body" and seen["problem"] and seen["code"] is None:
                 seen["code"] = _problem_code(message.get("body", b""))
-            await send(message)
+                if seen["code"] and (span := state.get(SPAN_STATE_KEY)) is not None:
+                    span.set_attribute("stillframe.problem_code", seen["code"])
+            await send(message)  # (the span ends with the last of the body: annotated before it)
 
         try:
             await self.app(scope, receive, observed_send)
@@ -87,12 +94,10 @@ class ObserveMiddleware:
     @staticmethod
     def _record(scope: Scope, request_id: str, started: float, seen: dict[str, Any]) -> None:
         ended = time.perf_counter()
-        route = scope.get("route")
-        template = getattr(route, "path", None)
-        if template is None:  # a mount (the docs' static files) names its prefix, anything else is unmatched
-            template = f"{scope['root_path']}/{{path}}" if scope.get("root_path") else _UNMATCHED
+        template = _route(scope)
         status, code = seen["status"], seen["code"] or ""
         REQUESTS.labels(template, scope["method"], str(status), code).inc()
+        state = scope.get("state", {})
         REQUEST_SECONDS.labels(template).observe((seen["first_byte"] or ended) - started)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
@@ -101,7 +106,7 @@ class ObserveMiddleware:
                 extra={
                     "request_id": request_id,
                     "client": client[0] if client else None,
-                    "caller": scope.get("state", {}).get("owner"),
+                    "caller": state.get("owner"),
                     "method": scope["method"],
                     "route": template,
                     "path": scope.get("path"),
@@ -111,6 +116,14 @@ class ObserveMiddleware:
                     "timings_ms": _stages(seen["timing"]),
                 },
             )
+
+
+def _route(scope: Scope) -> str:
+    """The route template that took the request (a label of bounded cardinality, unlike the path)."""
+    template = getattr(scope.get("route"), "path", None)
+    if template is None:  # a mount (the docs' static files) names its prefix, anything else is unmatched
+        template = f"{scope['root_path']}/{{path}}" if scope.get("root_path") else _UNMATCHED
+    return str(template)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
