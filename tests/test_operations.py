@@ -88,6 +88,12 @@ def test_metrics_count_requests_by_route_status_and_code(ops_client: TestClient)
     # an unmatched path is one label, not one series per path a scanner tries
     assert delta(requests, route="(unmatched)", method="GET", status="404", code="not_found") == 1
     assert not any("12345" in str(labels) for _, labels in after)
+    # nor is a made-up method
+    assert ops_client.request("BREW", "/v1/frame").status_code == 405
+    brewed = value(
+        scrape(ops_client), requests, route="/v1/frame", method="other", status="405", code="method_not_allowed"
+    )
+    assert brewed >= 1
     assert delta("stillframe_http_request_duration_seconds_count", route="/v1/frame") == 4
     # one grab went to the pool (the second was the image cache's), its stages measured in the worker
     assert delta("stillframe_grab_duration_seconds_count") == 1

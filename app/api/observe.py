@@ -7,11 +7,13 @@ A pure ASGI middleware: nothing is buffered, and a problem's ``code`` is read fr
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,16 +26,22 @@ access_log = logging.getLogger("stillframe.access")
 # A request id we pass on (into logs, back to the client): bounded, and nothing a log line or a header
 # could be split or spoofed with.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _UNMATCHED = "(unmatched)"  # the route label of a request no route took: paths are unbounded, templates not
 
 
+# Fresh ids: a random prefix per process and a counter (unique without a system call per request).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def request_id_from(value: bytes | None) -> str:
-    """The caller's ``X-Request-ID`` when it is a safe token, else a fresh one."""
+    """The caller's ``X-Request-ID`` when it is a safe token, else a fresh one (32 hex digits)."""
     if value:
         text = value.decode("latin-1")
         if _REQUEST_ID.fullmatch(text):
             return text
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def _stages(server_timing: str | None) -> dict[str, float] | None:
@@ -96,9 +104,10 @@ class ObserveMiddleware:
         ended = time.perf_counter()
         template = _route(scope)
         status, code = seen["status"], seen["code"] or ""
-        REQUESTS.labels(template, scope["method"], str(status), code).inc()
+        method = scope["method"] if scope["method"] in _METHODS else "other"  # (any token is a method)
+        _requests(template, method, status, code).inc()
         state = scope.get("state", {})
-        REQUEST_SECONDS.labels(template).observe((seen["first_byte"] or ended) - started)
+        _request_seconds(template).observe((seen["first_byte"] or ended) - started)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(
@@ -116,6 +125,16 @@ class ObserveMiddleware:
                     "timings_ms": _stages(seen["timing"]),
                 },
             )
+
+
+@functools.lru_cache(maxsize=4096)  # (labels() validates and locks each call; the label sets are few)
+def _requests(route: str, method: str, status: int, code: str) -> Any:
+    return REQUESTS.labels(route, method, str(status), code)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_seconds(route: str) -> Any:
+    return REQUEST_SECONDS.labels(route)
 
 
 def _route(scope: Scope) -> str:
