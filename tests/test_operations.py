@@ -224,9 +224,20 @@ def test_json_formatter_and_log_config() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "a b" and line["level"] == "warning" and line["request_id"] == "r1"
     assert line["ts"].endswith("Z")
-    for fmt in ("json", "text"):
-        logging.config.dictConfig(log_config(fmt, "info"))
-    logging.config.dictConfig(log_config("json", "warning"))
+    names = ("stillframe", "uvicorn", "uvicorn.error")
+    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names]
+    propagate = [logger.propagate for logger, _, _ in saved]
+    try:
+        for fmt in ("json", "text"):
+            logging.config.dictConfig(log_config(fmt, "info"))
+            assert logging.getLogger("stillframe.access").isEnabledFor(logging.INFO)
+        logging.config.dictConfig(log_config("json", "warning"))
+        assert not logging.getLogger("stillframe.access").isEnabledFor(logging.INFO)  # (--log-level warning: no lines)
+    finally:  # the rest of the suite keeps pytest's logging
+        for (logger, handlers, level), flag in zip(saved, propagate, strict=True):
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = flag
 
 
 # ---------------------------------------------------------------- /readyz
