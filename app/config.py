@@ -87,6 +87,15 @@ class Settings(BaseSettings):
 
     # Jobs: many times per request, persisted in SQLite (WAL) with their images beside it.
     data_dir: Path = Field(default=Path("./data"), description="Jobs database and result images.")
+    results_url: str | None = Field(
+        default=None, description="Where result images go: `s3://bucket/prefix` or a folder; unset: the data dir."
+    )
+    results_redirect: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds a presigned URL to an image in an s3 results store lives; a result request is then "
+        "redirected there (307) instead of streamed through the API. 0: off.",
+    )
     max_times_per_job: int = Field(default=1000, ge=1, description="Times one job may ask for.")
     result_ttl: float = Field(default=86400.0, gt=0, description="Seconds a finished job and its images are kept.")
     job_concurrency: int = Field(default=0, ge=0, description="Jobs decoding at once; 0: one per decoder worker.")
@@ -194,7 +203,9 @@ class Settings(BaseSettings):
         parse_rate(str(value))
         return value
 
-    @field_validator("media_root", "webhook_secret", "s3_endpoint_url", "s3_region", "source_base", mode="before")
+    @field_validator(
+        "media_root", "webhook_secret", "s3_endpoint_url", "s3_region", "source_base", "results_url", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -11,6 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import httpx
+import obstore
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,6 +22,7 @@ from app.engine.sources import S3Source, SourcePolicy, resolve_source
 from app.net.objectstore import ObjectRangeReader, ObjectStorePolicy
 from app.net.policy import FetchPolicy
 from tests import oracle
+from tests.jobs_support import JobServer, server_env, wait_for, wait_job
 from tests.media import make_h264_clip
 from tests.s3_server import CREDENTIALS, S3Server, S3Unavailable
 
@@ -222,3 +225,52 @@ def test_sources_under_a_base_and_in_worker_processes(s3: S3Server) -> None:
     assert copy.identity == identity
     copy.open().close()
     source.close()
+
+
+# -- results in the store -------------------------------------------------------------------------------
+
+
+def test_job_results_are_written_served_redirected_and_expired_in_the_store(
+    s3: S3Server, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    s3.create_bucket("results")
+    data = tmp_path / "data"
+    env = server_env(
+        clips["faststart.mp4"].parent,
+        data,
+        STILLFRAME_RESULTS_URL="s3://results/jobs",
+        STILLFRAME_S3_ENDPOINT_URL=s3.endpoint,
+        STILLFRAME_RESULT_TTL="3",
+        **CREDENTIALS,
+    )
+    live = JobServer(env, tmp_path / "server.log").start()
+    results = s3.store("results")
+    try:
+        body = {"url": "faststart.mp4", "times": ["0", "2.5"], "format": "png"}
+        job_id = httpx.post(live.url("/v1/jobs"), json=body).json()["id"]
+        job = wait_job(live.base_url, job_id)
+        assert job["status"] == "completed", job
+        keys = sorted(meta["path"] for batch in obstore.list(results, f"jobs/results/{job_id}/") for meta in batch)
+        assert keys == [f"jobs/results/{job_id}/0.png", f"jobs/results/{job_id}/1.png"]
+        assert not (data / "results").exists()  # nothing on the node's disk
+        image = httpx.get(live.url(f"/v1/jobs/{job_id}/results/1"))
+        direct = httpx.post(live.url("/v1/frame"), json={"url": "faststart.mp4", "t": "2.5", "format": "png"})
+        assert image.status_code == 200 and image.content == direct.content
+        assert image.headers["x-actual-time"] == direct.headers["x-actual-time"] == "2.48"
+        assert image.headers["content-type"] == "image/png" and image.headers["etag"]
+        assert bytes(obstore.get(results, keys[1]).bytes()) == image.content
+        wait_for(lambda: httpx.get(live.url(f"/v1/jobs/{job_id}")).status_code == 404, 15, "expiry")
+        wait_for(lambda: not list(obstore.list(results, f"jobs/results/{job_id}/")), 15, "objects removed")
+    finally:
+        live.stop()
+    redirecting = JobServer({**env, "STILLFRAME_RESULTS_REDIRECT": "60"}, tmp_path / "redirect.log").start()
+    try:
+        job_id = httpx.post(redirecting.url("/v1/jobs"), json={"url": "faststart.mp4", "times": ["1"]}).json()["id"]
+        assert wait_job(redirecting.base_url, job_id)["status"] == "completed"
+        moved = httpx.get(redirecting.url(f"/v1/jobs/{job_id}/results/0"))
+        assert moved.status_code == 307 and moved.headers["x-actual-time"] == "1"
+        assert "X-Amz-Signature=" in moved.headers["location"]
+        fetched = httpx.get(moved.headers["location"])
+        assert fetched.status_code == 200 and fetched.content[:3] == b"\xff\xd8\xff"  # the JPEG itself
+    finally:
+        redirecting.stop()
