@@ -90,12 +90,8 @@ class Settings(BaseSettings):
     results_url: str | None = Field(
         default=None, description="Where result images go: `s3://bucket/prefix` or a folder; unset: the data dir."
     )
-    results_redirect: float = Field(
-        default=0,
-        ge=0,
-        description="Seconds a presigned URL to an image in an s3 results store lives; a result request is then "
-        "redirected there (307) instead of streamed through the API. 0: off.",
-    )
+    # (0: results stream through the API; else they redirect (307) to a presigned URL living this long)
+    results_redirect: float = Field(default=0, ge=0, description="Seconds a presigned result URL lives; 0: off.")
     max_times_per_job: int = Field(default=1000, ge=1, description="Times one job may ask for.")
     result_ttl: float = Field(default=86400.0, gt=0, description="Seconds a finished job and its images are kept.")
     job_concurrency: int = Field(default=0, ge=0, description="Jobs decoding at once; 0: one per decoder worker.")
