@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -147,12 +148,25 @@ class S3Server:
             body = b"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>"
             self._client.put(f"{self._upstream}/{bucket}?versioning", content=body).raise_for_status()
 
-    def store(self, bucket: str) -> Any:
+    def store(self, bucket: str, *, through_front: bool = False) -> Any:
+        """An obstore handle on ``bucket``: straight to moto (uncounted), or through the front."""
         from obstore.store import S3Store
 
         return S3Store(
-            bucket, endpoint=self._upstream, region="us-east-1", client_options={"allow_http": True}, **_keys()
+            bucket,
+            endpoint=self.endpoint if through_front else self._upstream,
+            region="us-east-1",
+            access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            client_options={"allow_http": True},
         )
+
+    def presigned_url(self, bucket: str, key: str, seconds: float = 3600) -> str:
+        """A presigned GET of the object through the front (counted, with its latency): what a client
+        without credentials, the ffmpeg CLI for one, can read."""
+        import obstore
+
+        return str(obstore.sign(self.store(bucket, through_front=True), "GET", key, timedelta(seconds=seconds)))
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         import obstore
@@ -197,10 +211,3 @@ class S3Server:
         handler.end_headers()
         if content:
             handler.wfile.write(content)
-
-
-def _keys() -> dict[str, str]:
-    return {
-        "access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    }
