@@ -274,3 +274,24 @@ def test_job_results_are_written_served_redirected_and_expired_in_the_store(
         assert fetched.status_code == 200 and fetched.content[:3] == b"\xff\xd8\xff"  # the JPEG itself
     finally:
         redirecting.stop()
+
+
+def test_playlist_entries_resolve_beside_the_object_and_within_the_rules(s3: S3Server) -> None:
+    """An HLS playlist in a bucket names its segments relative to itself: same bucket, not above it;
+    other buckets only from the list; http(s) through the SSRF guard."""
+    source = resolve_source(f"s3://{BUCKET}/videos/hls/index.m3u8", store_policy(s3))
+    assert isinstance(source, S3Source)
+    related = source.related_source("seg-1.ts")
+    assert isinstance(related, S3Source) and related.display_name == f"s3://{BUCKET}/videos/hls/seg-1.ts"
+    assert source.related_source("../other/seg.ts").display_name == f"s3://{BUCKET}/videos/other/seg.ts"
+    for refused in ("../../../x.ts", f"s3://{CLOSED}/videos/faststart.mp4", "http://127.0.0.1/a.ts", "file:a.ts"):
+        with pytest.raises(EngineError) as failure:
+            source.related_source(refused)
+        assert failure.value.code == "source_forbidden", refused
+
+
+def test_an_empty_object_reads_as_empty(s3: S3Server) -> None:
+    s3.put(BUCKET, "videos/empty.mp4", b"")
+    reader = resolve_source(f"s3://{BUCKET}/videos/empty.mp4", store_policy(s3)).open()
+    assert reader.read() == b"" and reader.seek(0, 2) == 0
+    reader.close()
