@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,35 +15,51 @@ from app.engine.timeparse import format_fraction
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    from app.config import get_settings
+    from app.logs import log_config
+
+    settings = get_settings()
+    _prepare_metrics_dir(settings.data_dir)
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=log_config(settings.log_format, args.log_level),
+        access_log=False,  # the service logs each request itself (app.api.observe)
+        # X-Forwarded-For / -Proto are believed from these peers only; none unless configured
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+    )
     return 0
+
+
+def _prepare_metrics_dir(data_dir: Path) -> None:
+    """prometheus-client's multiprocess mode, so that /metrics is right whichever process recorded:
+    ``PROMETHEUS_MULTIPROC_DIR`` (the operator's, else ``<data_dir>/prometheus``), set before the app
+    and prometheus-client are imported (it is read then), and emptied of an earlier run's files."""
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / "prometheus")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _grab(args: argparse.Namespace) -> int:
     from app.config import get_settings
-    from app.engine.generator import FrameFailure, ImageGenerator
+    from app.engine import FrameFailure, ImageGenerator
     from app.engine.sources import resolve_source
-    from app.schemas import RenderParams
+    from app.schemas import GrabParams
 
-    params = RenderParams(
-        tolerance=args.tolerance,
-        rotate=args.rotate,
-        aperture=args.aperture,
-        width=args.width,
-        height=args.height,
-        fit=args.fit,
-        dynamic_range=args.dynamic_range,
-        format=args.format,
-        quality=args.quality,
-        stream=args.stream,
-    )
+    # The grab's options are the arguments named as its fields (--dynamic-range: dynamic_range, ...).
+    params = GrabParams(**{name: value for name, value in vars(args).items() if name in GrabParams.model_fields})
     image_format = params.format or (Path(args.out).suffix.lstrip(".").lower() if args.out else "") or "jpeg"
     image_format = {"jpg": "jpeg"}.get(image_format, image_format)
     options = params.grab_options(image_format)  # type: ignore[arg-type]
     # A path on the command line is the operator's own file: no media-root confinement for it.
     source = args.source if "://" in args.source else Path(args.source)
     if not isinstance(source, Path):
-        source = resolve_source(args.source, get_settings())
+        source = resolve_source(args.source, get_settings().source_policy())
     status = 0
     with ImageGenerator(source, options) as generator:
         for result in generator.images_for(args.at):

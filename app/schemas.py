@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from typing import Annotated, Any
 
@@ -38,9 +39,10 @@ _TIME_HELP = (
     "clock (`1:02.5`) or a percentage of the duration (`50%`)."
 )
 _TOLERANCE_HELP = "Seconds, or `inf`. Default 0: exact."
+_RENDER_FIELDS = {option.name for option in dataclasses.fields(RenderOptions)}  # each a field of GrabParams too
 
 
-class RenderParams(BaseModel):
+class GrabParams(BaseModel):
     """Everything but the source and the time: how the frame is chosen and delivered."""
 
     model_config = ConfigDict(extra="forbid")
@@ -71,7 +73,7 @@ class RenderParams(BaseModel):
     quality: int | None = Field(default=None, ge=1, le=100)
 
     @model_validator(mode="after")
-    def _check_tolerances(self) -> RenderParams:
+    def _check_tolerances(self) -> GrabParams:
         self.tolerances()  # raises InvalidParameter on nonsense; surfaced as a 400 problem
         return self
 
@@ -89,20 +91,12 @@ class RenderParams(BaseModel):
             tolerance_before=before,
             tolerance_after=after,
             stream=self.stream,
-            render=RenderOptions(
-                rotate=self.rotate,
-                aperture=self.aperture,
-                width=self.width,
-                height=self.height,
-                fit=self.fit,
-                background=self.background,
-                dynamic_range=self.dynamic_range,
-            ),
+            render=RenderOptions(**self.model_dump(include=_RENDER_FIELDS)),
             encode=EncodeOptions(format=image_format or self.format or "jpeg", quality=self.quality),
         )
 
 
-class FrameParams(RenderParams):
+class FrameParams(GrabParams):
     """One frame: a source and a time."""
 
     url: str = Field(min_length=1, max_length=8192, description="`http(s)://` URL, or a path under the media root.")

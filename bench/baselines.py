@@ -12,7 +12,7 @@ from pathlib import Path
 
 import av
 
-from app.engine.generator import set_decoder_threads
+from app.engine.decode import set_decoder_threads
 from bench.media import Asset, ffmpeg_exe
 
 

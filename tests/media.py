@@ -261,8 +261,8 @@ def run_engine(
     the requests go one at a time, in an order it draws, to the one generator, as a decoder worker's
     open asset meets them: every seek, continuation and reuse between unrelated grabs is exercised.
     """
+    from app.engine import FrameFailure, FrameResult, ImageGenerator
     from app.engine.errors import EngineError
-    from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
 
     started = time.perf_counter()
     try:

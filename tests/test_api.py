@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.engine.errors import ERROR_CODES
+from app.errors import PROBLEM_CODES
 from app.main import create_app
 from tests.media import DAMAGED, UNDECODABLE, make_h264_clip
 
@@ -132,6 +132,9 @@ def test_if_none_match_answers_304(client: TestClient) -> None:
     assert again.headers["etag"] == etag
     other = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2.5"}, headers={"If-None-Match": etag})
     assert other.status_code == 200 and other.headers["etag"] != etag
+    for listed in (f'"nope" , W/{etag}', "*"):  # compared weakly (RFC 9110), in a list, or any
+        weak = client.get("/v1/frame", params={"url": "clip.mp4", "t": "2"}, headers={"If-None-Match": listed})
+        assert weak.status_code == 304, listed
 
 
 def test_repeat_is_served_from_the_image_cache(client: TestClient) -> None:
@@ -191,7 +194,7 @@ def test_tolerance_returns_keyframe(client: TestClient) -> None:
 )
 def test_problem_codes(client: TestClient, params: dict[str, str], code: str) -> None:
     response = client.get("/v1/frame", params=params)
-    body = assert_problem(response, ERROR_CODES[code][0], code)
+    body = assert_problem(response, PROBLEM_CODES[code].status, code)
     assert "Traceback" not in str(body) and "/tmp" not in str(body)
 
 

@@ -125,8 +125,8 @@ def test_random_access_on_one_generator_matches_ffmpeg(path: Path) -> None:
 
 
 def _xfail_if_hls_unsupported(path: Path) -> None:
+    from app.engine import ImageGenerator
     from app.engine.errors import EngineError
-    from app.engine.generator import ImageGenerator
 
     try:
         ImageGenerator(path, conformance_options()).close()
@@ -138,8 +138,8 @@ def _xfail_if_hls_unsupported(path: Path) -> None:
 @pytest.mark.parametrize("path", BROKEN, ids=corpus_id)
 def test_undecodable_file_gives_4xx_engine_error(path: Path) -> None:
     """Open failures, missing decoders, all-invalid bitstreams: EngineError 4xx for every request."""
+    from app.engine import FrameFailure, ImageGenerator
     from app.engine.errors import EngineError
-    from app.engine.generator import FrameFailure, ImageGenerator
 
     require_corpus()
     with pytest.raises(oracle.OracleError):
@@ -176,7 +176,7 @@ KEYFRAME_DIVERGENCES = {
 def test_infinite_tolerance_gets_the_nearest_keyframe(path: Path) -> None:
     """tolerance=inf, one grab at a time in no order on one generator: the CLI's keyframe nearest to t
     (either, where two are as near). A file with no keyframe in view gets a frame of its own."""
-    from app.engine.generator import ImageGenerator
+    from app.engine import ImageGenerator
     from app.engine.options import EncodeOptions, GrabOptions
 
     require_corpus()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ import av
 import pytest
 
 from app.config import Settings
+from app.engine import DecodeStats, FrameFailure, FrameResult, ImageGenerator
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult, ImageGenerator
 from app.engine.options import EncodeOptions, GrabOptions, SourceLimits
 from app.engine.sources import resolve_source
 from tests import oracle
@@ -212,9 +213,9 @@ def test_same_frame_twice_on_one_generator_matches_a_fresh_one(clip: Path) -> No
 
 
 def test_hls_playlists_through_sources(corpus: Path) -> None:
-    settings = Settings(media_root=corpus)
+    policy = Settings(media_root=corpus).source_policy()
     for url, expected in [("hls_ts/manifest.m3u8", Fraction(1)), ("hls_fmp4/playlist.m3u8", Fraction(29029, 30000))]:
-        with ImageGenerator(resolve_source(url, settings), GrabOptions(encode=PNG)) as generator:
+        with ImageGenerator(resolve_source(url, policy), GrabOptions(encode=PNG)) as generator:
             assert generator.image_at("1").actual_time == expected
 
 
@@ -297,9 +298,7 @@ def test_limits_through_the_api(make_client: Any, clip: Path) -> None:
     assert response.status_code == 422 and response.json()["code"] == "source_too_long"
 
 
-def test_grabs_that_land_on_the_last_frame_again_reuse_its_decode_and_image(
-    clip: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_grabs_that_land_on_the_last_frame_again_reuse_its_decode_and_image(clip: Path) -> None:
     """A scrubbing client asks for many times that land on one keyframe (tolerance=inf) or one frame:
     the keyframe is not decoded again and the image not made again, and each answer is exactly what a
     fresh generator gives. Other options, or another frame, make a new image."""
@@ -307,22 +306,22 @@ def test_grabs_that_land_on_the_last_frame_again_reuse_its_decode_and_image(
 
     keyframe = tolerant(None, None)
     with ImageGenerator(clip, keyframe) as generator:
-        decodes: list[int] = []
-        real = generator._decode_one_keyframe
-        monkeypatch.setattr(generator, "_decode_one_keyframe", lambda: decodes.append(1) or real())
+        decoded_before = generator.stats.keyframes_decoded
         first = generator.image_at("2.1")
         again = generator.image_at("1.9")  # nearest keyframe: 2 s again
         assert (first.actual_time, again.actual_time) == (Fraction(2), Fraction(2))
-        assert len(decodes) == 1
+        assert generator.stats.keyframes_decoded - decoded_before == 1
         assert again.image == first.image
         assert (again.timings["render"], again.timings["encode"]) == (0.0, 0.0)
         other = generator.image_at("3.1")
-        assert other.actual_time == Fraction(3) and len(decodes) == 2 and other.timings["encode"] > 0
+        assert other.actual_time == Fraction(3) and other.timings["encode"] > 0
+        assert generator.stats.keyframes_decoded - decoded_before == 2
         generator.options = GrabOptions(
             tolerance_before=None, tolerance_after=None, encode=PNG, render=RenderOptions(width=64)
         )
         resized = generator.image_at("2.9")  # the same keyframe, other options: no pixels were kept
-        assert resized.actual_time == Fraction(3) and resized.width == 64 and len(decodes) == 3
+        assert resized.actual_time == Fraction(3) and resized.width == 64
+        assert generator.stats.keyframes_decoded - decoded_before == 3
 
         generator.options = GrabOptions(encode=PNG)  # exact, as a worker switches between tasks
         on_frame = generator.image_at("1.5")
@@ -344,16 +343,17 @@ def test_a_reused_keyframe_carries_its_image_if_another_render_finishes_meanwhil
     a keyframe is found to be reusable and the moment its image is taken. The image goes with it."""
     with ImageGenerator(clip, tolerant(None, None)) as generator:
         first = generator.image_at("2.1")
-        entry = generator._last_keyframe
-        assert entry is not None
-        reused = generator._keyframe_at(next(k for k in generator._keyframes if k == entry[0]))
+        entry = generator.cursor.last_keyframe
+        assert entry is not None and entry[0] in generator.keyframes.index
+        decoded_before = generator.stats.keyframes_decoded
+        reused = generator.keyframes.keyframe_at(entry[0], generator.options)
+        assert generator.stats.keyframes_decoded == decoded_before  # reused, not decoded again
+        generator.cursor.last_image = None  # as if another frame's render had just replaced it
         assert reused is not None and reused.image is not None
-        generator._last_image = None  # as if another frame's render had just replaced it
-        image = generator._image_of(reused, pipelined=False).result()
-        assert image[0] == first.image
+        assert reused.image[0] == first.image
 
 
-def test_a_clip_cut_mid_gop_takes_one_seek_per_grab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_clip_cut_mid_gop_takes_one_seek_per_grab(tmp_path: Path) -> None:
     """A clip cut from a longer one without re-encoding starts mid-GOP: an edit list hides the pictures
     before the cut, its first keyframe among them, so the decoder decodes that keyframe but never outputs
     it. The frames after it are still sound, and a grab in that first GOP takes one seek, where waiting
@@ -367,50 +367,45 @@ def test_a_clip_cut_mid_gop_takes_one_seek_per_grab(tmp_path: Path, monkeypatch:
     check_conformance(oracle.probe(cut))
     for t in ("0", "0.2", "0.44", "0.48"):  # the second keyframe shows at 0.48
         with ImageGenerator(cut, GrabOptions(encode=PNG)) as generator:
-            seeks = _seeks_and_reopens(generator, monkeypatch)
+            before = replace(generator.stats)
             result = generator.image_at(t)
-        assert seeks == [1], (t, seeks)
+            work = _seeks_and_reopens(before, generator.stats)
+        assert work == (1, 0), (t, work)
         assert result.actual_time == Fraction(t)  # (each a frame time)
 
 
-def _seeks_and_reopens(generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A list that gets a 1 for each seek the generator makes, and a 0 for each reopen."""
-    seeks: list[int] = []
-    real_seek, real_reopen = generator._seek, generator._reopen
-    monkeypatch.setattr(generator, "_seek", lambda *a, **k: seeks.append(1) or real_seek(*a, **k))
-    monkeypatch.setattr(generator, "_reopen", lambda: seeks.append(0) or real_reopen())
-    return seeks
+def _seeks_and_reopens(before: DecodeStats, after: DecodeStats) -> tuple[int, int]:
+    """The seeks and the reopens (reads from the very start) a generator made between two counts."""
+    return after.seeks - before.seeks, after.reopens - before.reopens
 
 
-def test_a_time_before_the_first_frame_walks_back_no_further_than_the_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_time_before_the_first_frame_walks_back_no_further_than_the_start(tmp_path: Path) -> None:
     """Where the audio starts first, the asset begins before its first video frame: a time in between
     gets that first frame. The seek lands on it, after the target; stepping back again would seek to
     before the start of the asset (where every seek lands the same), so the generator reads from the
     start at once: one seek, then the start, where it took four more seeks first."""
     clip = make_clip(tmp_path / "audio_first.mp4", frames=50, gop=25, audio_lead=0.5)
     with ImageGenerator(clip, GrabOptions(encode=PNG)) as generator:
-        seeks = _seeks_and_reopens(generator, monkeypatch)
+        before = replace(generator.stats)
         result = generator.image_at("0.2")
+        work = _seeks_and_reopens(before, generator.stats)
     info = oracle.probe(clip)
     assert info.frame_at(Fraction(1, 5)) == 0
     assert result.actual_time == info.frames[0].time > Fraction(1, 5)
-    assert seeks == [1, 0]
+    assert work == (1, 1)  # one seek, then the start
 
 
-def test_without_an_index_decoding_goes_on_as_far_as_the_longest_gop_seen(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_without_an_index_decoding_goes_on_as_far_as_the_longest_gop_seen(tmp_path: Path) -> None:
     """Matroska (without its Cues read) says nowhere where the next keyframe is. Once a decode has run
     from one keyframe to the next, a target up to that GOP's length ahead is reached by decoding on,
     where a seek would decode the same GOP again from its start; before, only half a second ahead."""
     clip = make_clip(tmp_path / "gop4.mkv", frames=250, gop=100, bframes=2)  # keyframes at 0, 4 and 8 s
     with ImageGenerator(clip, GrabOptions(encode=PNG)) as generator:
-        assert generator._keyframes == []
+        assert generator.keyframes.index == []
         for t in ("3.5", "3.9", "4.3"):  # 0.4 s apart: on across the keyframe at 4 s
             generator.image_at(t)
-        seeks = _seeks_and_reopens(generator, monkeypatch)
+        before = replace(generator.stats)
         result = generator.image_at("6.5")
+        work = _seeks_and_reopens(before, generator.stats)
     assert result.actual_time == Fraction(162, 25)  # the frame on screen at 6.5 s
-    assert seeks == []
+    assert work == (0, 0)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.engine.generator import ImageGenerator
+from app.engine import ImageGenerator
 from app.engine.info import describe
 from app.main import create_app
 from tests import oracle

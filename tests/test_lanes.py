@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.engine.generator import FrameResult
+from app.engine import FrameResult
 from app.jobs.model import JobSpec
 from app.jobs.runner import JobRunner
-from app.jobs.store import SqliteJobStore
+from app.jobs.sqlite import SqliteJobStore
 from app.pool.base import GrabTask
 from app.pool.process import ProcessDecoderPool
 from tests.jobs_support import JobServer, make_clip, module_server, wait_job

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from app.engine.generator import ImageGenerator
+from app.engine import ImageGenerator
 from app.engine.nal import H264Disposable
 from app.engine.options import GrabOptions
 from tests.media import make_clip, make_h264_clip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from app.main import create_app
@@ -19,11 +20,31 @@ def test_checked_in_openapi_is_current() -> None:
 
 
 def test_every_problem_code_is_documented() -> None:
-    from app.engine.errors import ERROR_CODES
+    from app.errors import PROBLEM_CODES
 
     text = DOCUMENT.read_text()
-    for code in ERROR_CODES:
+    for code in PROBLEM_CODES:
         assert code in text, code
+    problem = json.loads(text)["components"]["schemas"]["Problem"]
+    assert problem["properties"]["code"]["enum"] == list(PROBLEM_CODES)
+
+
+def test_each_documented_problem_is_a_code_of_its_status() -> None:
+    """Every problem response of every route names codes of the table, under the status the table gives."""
+    from app.errors import PROBLEM_CODES
+
+    seen = set()
+    for path, operations in create_app().openapi()["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if "application/problem+json" not in response.get("content", {}):
+                    continue
+                codes = re.findall(r"`([a-z_]+)`", response["description"])
+                assert codes, (path, method, status)
+                for code in codes:
+                    assert PROBLEM_CODES[code].status == int(status), (path, method, status, code)
+                seen.update(codes)
+    assert {"invalid_parameter", "unauthorized", "job_not_found", "decode_timeout"} <= seen
 
 
 def test_get_frame_documents_every_query_parameter_it_reads() -> None:

@@ -149,13 +149,13 @@ def test_a_task_gets_decoder_threads_only_while_other_workers_are_idle() -> None
     per task: frame threads would only cost a loaded pool throughput."""
     from app.config import Settings
     from app.pool.base import GrabTask
-    from app.pool.process import ProcessDecoderPool, _Task
+    from app.pool.process import ProcessDecoderPool, _Request
 
     pool = ProcessDecoderPool(Settings(workers=3, decode_threads=2))
     first, second, third = pool._workers
     for worker in pool._workers:
         worker.ready = True
-    busy = _Task(1, GrabTask(url="a.mp4", times=("1",)))
+    busy = _Request(1, GrabTask(url="a.mp4", times=("1",)))
     assert pool._decode_threads(first) == 2  # everyone else idle
     second.running = busy
     assert pool._decode_threads(first) == 2  # one other worker still idle: its core is free

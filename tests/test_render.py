@@ -674,7 +674,7 @@ def test_the_rgb_path_gives_the_same_bytes_on_any_number_of_threads() -> None:
     """A grab renders on two cores only while the pool is idle: a scaled picture (swscale's slices) or
     a tone-mapped HDR one (blocks on helper threads) must come out byte for byte as on one core, or
     one ETag would name two images."""
-    from app.engine.encode import encode_frame
+    from app.engine.encode import render_and_encode
     from app.engine.options import EncodeOptions
 
     ramp = np.tile(np.linspace(0.0, 1.0, 640), (360, 1))
@@ -685,7 +685,7 @@ def test_the_rgb_path_gives_the_same_bytes_on_any_number_of_threads() -> None:
     cases += [(sdr, RenderOptions(width=301)), (cases[0][0], RenderOptions(width=333, height=77, fit="cover"))]
     for frame, options in cases:
         outputs = {
-            threads: encode_frame(frame, options, EncodeOptions(format="png"), threads=threads)[0]
+            threads: render_and_encode(frame, options, EncodeOptions(format="png"), threads=threads)[0]
             for threads in (1, 2, 3)
         }
         assert outputs[1] == outputs[2] == outputs[3], options

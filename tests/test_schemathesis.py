@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import imageio_ffmpeg
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, reject, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import allow_header_conformance, positive_data_acceptance
 
@@ -82,6 +83,9 @@ def client() -> Iterator[TestClient]:
 def test_api_conforms(case: schemathesis.Case, client: TestClient) -> None:
     kwargs = case.as_transport_kwargs(base_url="http://testserver")
     kwargs.pop("base_url", None)
-    response = client.request(**kwargs)
+    try:
+        response = client.request(**kwargs)
+    except httpx.InvalidURL:  # a schema-valid query (8192 characters, percent-encoded) over the client's 64 KiB
+        reject()
     assert response.status_code != 500, response.text
     case.validate_response(response, excluded_checks=EXCLUDED_CHECKS)

@@ -15,8 +15,9 @@ import pytest
 
 from app.config import Settings
 from app.engine.errors import EngineError
-from app.engine.fetch import HttpRangeReader
-from app.engine.sources import HttpSource, LocalSource, resolve_source
+from app.engine.sources import HttpSource, LocalSource, SourcePolicy, resolve_source
+from app.net.policy import FetchPolicy
+from app.net.ranged import HttpRangeReader
 from tests.http_server import LoopbackServer, loopback_server, serve_directory
 
 KIB = 1024
@@ -35,7 +36,7 @@ def server() -> Iterator[LoopbackServer]:
     yield from loopback_server()
 
 
-def http_settings(server: LoopbackServer, **overrides: Any) -> Settings:
+def http_policy(server: LoopbackServer, **overrides: Any) -> FetchPolicy:
     values: dict[str, Any] = {
         "allowed_networks": ["127.0.0.0/8"],
         "allowed_ports": [server.port],
@@ -44,7 +45,7 @@ def http_settings(server: LoopbackServer, **overrides: Any) -> Settings:
         "fetch_total_timeout": 5.0,
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings(**values).fetch_policy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,12 +74,12 @@ def media(tmp_path: Path) -> Path:
     return root
 
 
-def local_settings(root: Path | None) -> Settings:
-    return Settings(media_root=root, allowed_networks=[], allowed_ports=[80, 443])
+def local_policy(root: Path | None) -> SourcePolicy:
+    return Settings(media_root=root, allowed_networks=[], allowed_ports=[80, 443]).source_policy()
 
 
 def test_relative_path_resolves_and_reads(media: Path) -> None:
-    src = resolve_source("clips/a.mp4", local_settings(media))
+    src = resolve_source("clips/a.mp4", local_policy(media))
     assert isinstance(src, LocalSource)
     assert src.display_name == "clips/a.mp4"
     st = (media / "clips" / "a.mp4").stat()
@@ -91,12 +92,12 @@ def test_relative_path_resolves_and_reads(media: Path) -> None:
 
 
 def test_identity_changes_when_the_file_changes(media: Path) -> None:
-    settings = local_settings(media)
-    before = resolve_source("clips/a.mp4", settings).identity
+    policy = local_policy(media)
+    before = resolve_source("clips/a.mp4", policy).identity
     path = media / "clips" / "a.mp4"
     path.write_bytes(b"A" * 1001)
     os.utime(path, ns=(1, 1))
-    assert resolve_source("clips/a.mp4", settings).identity != before
+    assert resolve_source("clips/a.mp4", policy).identity != before
 
 
 @pytest.mark.parametrize(
@@ -112,16 +113,16 @@ def test_identity_changes_when_the_file_changes(media: Path) -> None:
     ],
 )
 def test_paths_inside_the_root(media: Path, url: str, relpath: str) -> None:
-    src = resolve_source(url, local_settings(media))
+    src = resolve_source(url, local_policy(media))
     assert isinstance(src, LocalSource)
     assert src.relpath == relpath
 
 
 def test_absolute_forms_inside_the_root(media: Path) -> None:
-    settings = local_settings(media)
+    policy = local_policy(media)
     target = media / "clips" / "a.mp4"
     for url in (str(target), f"file://{target}", f"file://localhost{target}", f"file:{target}"):
-        src = resolve_source(url, settings)
+        src = resolve_source(url, policy)
         assert isinstance(src, LocalSource) and src.relpath == "clips/a.mp4", url
 
 
@@ -146,12 +147,12 @@ def test_absolute_forms_inside_the_root(media: Path) -> None:
     ],
 )
 def test_paths_escaping_the_root_are_forbidden(media: Path, url: str) -> None:
-    err = expect_error("source_forbidden", resolve_source, url, local_settings(media))
+    err = expect_error("source_forbidden", resolve_source, url, local_policy(media))
     assert str(media.parent) not in err.detail
 
 
 def test_absolute_path_outside_root_is_forbidden(media: Path, tmp_path: Path) -> None:
-    expect_error("source_forbidden", resolve_source, str(tmp_path / "outside" / "secret.txt"), local_settings(media))
+    expect_error("source_forbidden", resolve_source, str(tmp_path / "outside" / "secret.txt"), local_policy(media))
 
 
 def test_a_sibling_whose_name_starts_with_the_roots_is_outside(media: Path) -> None:
@@ -160,43 +161,43 @@ def test_a_sibling_whose_name_starts_with_the_roots_is_outside(media: Path) -> N
     sibling.mkdir()
     (sibling / "x.mp4").write_bytes(b"x")
     for url in (str(sibling / "x.mp4"), f"../{sibling.name}/x.mp4", f"file://{sibling / 'x.mp4'}"):
-        expect_error("source_forbidden", resolve_source, url, local_settings(media))
+        expect_error("source_forbidden", resolve_source, url, local_policy(media))
     (media / "clips" / "old").symlink_to(sibling)
-    expect_error("source_forbidden", resolve_source, "clips/old/x.mp4", local_settings(media))
+    expect_error("source_forbidden", resolve_source, "clips/old/x.mp4", local_policy(media))
 
 
 def test_a_root_given_through_a_symlink_is_resolved(media: Path, tmp_path: Path) -> None:
     link = tmp_path / "media-link"
     link.symlink_to(media)
-    src = resolve_source("clips/sub/b.mp4", local_settings(link))
+    src = resolve_source("clips/sub/b.mp4", local_policy(link))
     assert isinstance(src, LocalSource) and src.relpath == "clips/sub/b.mp4" and src.size == 10
 
 
 def test_literal_percent_in_bare_paths_is_not_decoded(media: Path) -> None:
     (media / "clips" / "%2e%2e").mkdir()
     (media / "clips" / "%2e%2e" / "x.mp4").write_bytes(b"x")
-    src = resolve_source("clips/%2e%2e/x.mp4", local_settings(media))
+    src = resolve_source("clips/%2e%2e/x.mp4", local_policy(media))
     assert isinstance(src, LocalSource) and src.relpath == "clips/%2e%2e/x.mp4"
 
 
 @pytest.mark.parametrize("url", ["clips/missing.mp4", "nope/a.mp4", "file:clips/missing.mp4", "clips/a.mp4/x"])
 def test_missing_files(media: Path, url: str) -> None:
-    expect_error("source_not_found", resolve_source, url, local_settings(media))
+    expect_error("source_not_found", resolve_source, url, local_policy(media))
 
 
 @pytest.mark.parametrize("url", ["clips", "clips/", ".", "file:clips/sub"])
 def test_directories_are_not_sources(media: Path, url: str) -> None:
-    expect_error("invalid_parameter", resolve_source, url, local_settings(media))
+    expect_error("invalid_parameter", resolve_source, url, local_policy(media))
 
 
 def test_fifo_is_not_a_source(media: Path) -> None:
     os.mkfifo(media / "clips" / "pipe.mp4")
-    expect_error("invalid_parameter", resolve_source, "clips/pipe.mp4", local_settings(media))
+    expect_error("invalid_parameter", resolve_source, "clips/pipe.mp4", local_policy(media))
 
 
 @pytest.mark.parametrize("url", ["clips/a.mp4", "file:clips/a.mp4", "/etc/passwd", "file:///etc/passwd"])
 def test_no_media_root_means_no_local_files(url: str) -> None:
-    err = expect_error("source_forbidden", resolve_source, url, local_settings(None))
+    err = expect_error("source_forbidden", resolve_source, url, local_policy(None))
     assert "disabled" in err.detail
 
 
@@ -216,7 +217,7 @@ def test_no_media_root_means_no_local_files(url: str) -> None:
     ],
 )
 def test_other_schemes_are_forbidden(media: Path, url: str) -> None:
-    err = expect_error("source_forbidden", resolve_source, url, local_settings(media))
+    err = expect_error("source_forbidden", resolve_source, url, local_policy(media))
     assert "scheme" in err.detail
 
 
@@ -224,12 +225,12 @@ def test_other_schemes_are_forbidden(media: Path, url: str) -> None:
     "url", ["", "clips/a.mp4\x00.txt", "clips/\na.mp4", "file:clips/a.mp4%00", "file:", "file://[", "file://[::1/a"]
 )
 def test_malformed_local_sources(media: Path, url: str) -> None:
-    expect_error("invalid_parameter", resolve_source, url, local_settings(media))
+    expect_error("invalid_parameter", resolve_source, url, local_policy(media))
 
 
 def test_local_related_resources(media: Path, tmp_path: Path) -> None:
-    settings = local_settings(media)
-    playlist = resolve_source("clips/list.m3u8", settings)
+    policy = local_policy(media)
+    playlist = resolve_source("clips/list.m3u8", policy)
     for malformed in ("//[x/seg.ts", "file://[/seg.ts"):
         expect_error("invalid_parameter", playlist.related_source, malformed)
     with playlist.open_related("seg0.ts") as f:
@@ -262,7 +263,7 @@ def test_local_related_resources(media: Path, tmp_path: Path) -> None:
 
 
 def test_local_open_refuses_a_file_swapped_for_a_symlink(media: Path, tmp_path: Path) -> None:
-    src = resolve_source("clips/sub/b.mp4", local_settings(media))
+    src = resolve_source("clips/sub/b.mp4", local_policy(media))
     target = media / "clips" / "sub" / "b.mp4"
     target.unlink()
     target.symlink_to(tmp_path / "outside" / "secret.txt")
@@ -282,7 +283,7 @@ def big_data() -> bytes:
 def test_random_seeks_give_identical_bytes(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/big.bin", big_data)
     rng = random.Random(99)
-    with HttpRangeReader(server.url("/big.bin"), http_settings(server), block_size=64 * KIB) as reader:
+    with HttpRangeReader(server.url("/big.bin"), http_policy(server), block_size=64 * KIB) as reader:
         assert reader.size == len(big_data) and reader.supports_ranges
         assert reader.readable() and reader.seekable()
         for _ in range(300):
@@ -310,7 +311,7 @@ def test_random_seeks_give_identical_bytes(server: LoopbackServer, big_data: byt
 
 def test_small_read_in_the_middle_fetches_one_block(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/big.bin", big_data)
-    with HttpRangeReader(server.url("/big.bin"), http_settings(server)) as reader:
+    with HttpRangeReader(server.url("/big.bin"), http_policy(server)) as reader:
         assert (reader.requests_made, reader.bytes_fetched) == (1, reader.block_size)  # the first block
         mid = len(big_data) // 2
         reader.seek(mid)
@@ -329,7 +330,7 @@ def test_small_read_in_the_middle_fetches_one_block(server: LoopbackServer, big_
 def test_sequential_reading_grows_readahead(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/big.bin", big_data)
     out = io.BytesIO()
-    with HttpRangeReader(server.url("/big.bin"), http_settings(server), block_size=64 * KIB) as reader:
+    with HttpRangeReader(server.url("/big.bin"), http_policy(server), block_size=64 * KIB) as reader:
         while chunk := reader.read(32 * KIB):
             out.write(chunk)
         assert out.getvalue() == big_data
@@ -344,20 +345,20 @@ def test_serve_directory_helper(tmp_path: Path, big_data: bytes) -> None:
     (tmp_path / "secret").write_bytes(b"no")
     with serve_directory(tmp_path / "d") as base:
         port = int(base.rsplit(":", 1)[1])
-        settings = Settings(allowed_networks=[ipaddress.ip_network("127.0.0.0/8")], allowed_ports=[port])
-        with HttpRangeReader(f"{base}/x.bin", settings) as reader:
+        policy = Settings(allowed_networks=[ipaddress.ip_network("127.0.0.0/8")], allowed_ports=[port]).fetch_policy()
+        with HttpRangeReader(f"{base}/x.bin", policy) as reader:
             reader.seek(290_000)
             assert reader.read() == big_data[290_000:300_000]
             assert reader.etag and reader.supports_ranges
-        expect_error("source_not_found", HttpRangeReader, f"{base}/missing.bin", settings)
-        expect_error("source_not_found", HttpRangeReader, f"{base}/%2e%2e/secret", settings)
+        expect_error("source_not_found", HttpRangeReader, f"{base}/missing.bin", policy)
+        expect_error("source_not_found", HttpRangeReader, f"{base}/%2e%2e/secret", policy)
 
 
 def test_server_without_range_support(server: LoopbackServer, big_data: bytes) -> None:
     data = big_data[: 3 * MIB + 7]
     server.add_file("/plain.bin", data, ranges=False)
     rng = random.Random(7)
-    with HttpRangeReader(server.url("/plain.bin"), http_settings(server)) as reader:
+    with HttpRangeReader(server.url("/plain.bin"), http_policy(server)) as reader:
         assert not reader.supports_ranges
         assert reader.size == len(data)
         reader.seek(-100, os.SEEK_END)
@@ -372,7 +373,7 @@ def test_server_without_range_support(server: LoopbackServer, big_data: bytes) -
 
 def test_server_without_range_support_and_no_length(server: LoopbackServer) -> None:
     server.add_stream("/chunks", chunk=b"0123456789", total=100_005)
-    with HttpRangeReader(server.url("/chunks"), http_settings(server)) as reader:
+    with HttpRangeReader(server.url("/chunks"), http_policy(server)) as reader:
         assert reader.size is None
         assert reader.read(5) == b"01234"
         assert reader.seek(0, os.SEEK_END) == 100_005
@@ -382,8 +383,8 @@ def test_server_without_range_support_and_no_length(server: LoopbackServer) -> N
 
 def test_range_reader_respects_the_byte_cap(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/big.bin", big_data)
-    settings = http_settings(server, max_source_bytes=1 * MIB)
-    with HttpRangeReader(server.url("/big.bin"), settings) as reader:
+    policy = http_policy(server, max_source_bytes=1 * MIB)
+    with HttpRangeReader(server.url("/big.bin"), policy) as reader:
         reader.seek(100)
         reader.read(1000)
         with pytest.raises(EngineError) as info:
@@ -396,7 +397,7 @@ def test_range_reader_respects_the_byte_cap(server: LoopbackServer, big_data: by
 
 def test_empty_remote_file(server: LoopbackServer) -> None:
     server.add_file("/empty", b"")
-    with HttpRangeReader(server.url("/empty"), http_settings(server)) as reader:
+    with HttpRangeReader(server.url("/empty"), http_policy(server)) as reader:
         assert reader.size == 0
         assert reader.read(10) == b""
         assert reader.seek(0, os.SEEK_END) == 0
@@ -404,7 +405,7 @@ def test_empty_remote_file(server: LoopbackServer) -> None:
 
 def test_file_changing_mid_read_is_detected(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/v.bin", big_data, etag='"v1"')
-    with HttpRangeReader(server.url("/v.bin"), http_settings(server)) as reader:
+    with HttpRangeReader(server.url("/v.bin"), http_policy(server)) as reader:
         server.add_file("/v.bin", big_data, etag='"v2"')
         reader.seek(4 * MIB)
         err = expect_error("source_unreachable", reader.read, 10)
@@ -414,7 +415,7 @@ def test_file_changing_mid_read_is_detected(server: LoopbackServer, big_data: by
 def test_reader_follows_redirect_once_then_uses_final_url(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/real.bin", big_data)
     server.add_redirect("/link.bin", "/real.bin")
-    with HttpRangeReader(server.url("/link.bin"), http_settings(server)) as reader:
+    with HttpRangeReader(server.url("/link.bin"), http_policy(server)) as reader:
         reader.seek(5 * MIB)
         assert reader.read(10) == big_data[5 * MIB : 5 * MIB + 10]
         assert reader.final_url == server.url("/real.bin")
@@ -437,7 +438,7 @@ def test_pyav_decodes_through_the_reader(server: LoopbackServer) -> None:
         for packet in stream.encode():
             out.mux(packet)
     server.add_file("/clip.mp4", buf.getvalue(), content_type="video/mp4")
-    with HttpRangeReader(server.url("/clip.mp4"), http_settings(server), block_size=4 * KIB) as reader:
+    with HttpRangeReader(server.url("/clip.mp4"), http_policy(server), block_size=4 * KIB) as reader:
         with av.open(reader) as container:
             frames = sum(1 for _ in container.decode(video=0))
         assert frames == 48
@@ -452,7 +453,7 @@ def test_pyav_decodes_through_the_reader(server: LoopbackServer) -> None:
 
 def test_http_source_identity_and_open_share_one_request(server: LoopbackServer, big_data: bytes) -> None:
     server.add_file("/a.mp4", big_data[:1000], etag='"abc"')
-    src = resolve_source(server.url("/a.mp4?token=s3cr3t"), http_settings(server))
+    src = resolve_source(server.url("/a.mp4?token=s3cr3t"), SourcePolicy(fetch=http_policy(server)))
     assert isinstance(src, HttpSource)
     assert server.request_count() == 0  # resolving checks, but does not fetch
     assert src.display_name == server.url("/a.mp4")  # the query (tokens) stays out
@@ -468,7 +469,7 @@ def test_http_source_identity_and_open_share_one_request(server: LoopbackServer,
 
 def test_http_source_pickles_for_worker_processes(server: LoopbackServer) -> None:
     server.add_file("/a.mp4", b"0123456789")
-    src = resolve_source(server.url("/a.mp4"), http_settings(server))
+    src = resolve_source(server.url("/a.mp4"), SourcePolicy(fetch=http_policy(server)))
     identity = src.identity
     copy = pickle.loads(pickle.dumps(src))
     assert copy.identity == identity
@@ -480,7 +481,7 @@ def test_http_source_pickles_for_worker_processes(server: LoopbackServer) -> Non
 
 def test_http_source_open_errors(server: LoopbackServer) -> None:
     server.add_status("/gone", 404)
-    src = resolve_source(server.url("/gone"), http_settings(server))
+    src = resolve_source(server.url("/gone"), SourcePolicy(fetch=http_policy(server)))
     expect_error("source_not_found", src.open)
     expect_error("source_not_found", lambda: src.identity)
 
@@ -490,8 +491,8 @@ def test_http_related_resources(server: LoopbackServer) -> None:
     server.add_file("/hls/seg0.ts", b"T" * 188)
     server.add_file("/other/seg1.ts", b"U" * 188)
     server.add_redirect("/moved/list.m3u8", "/hls/list.m3u8")
-    settings = http_settings(server)
-    playlist = resolve_source(server.url("/moved/list.m3u8"), settings)
+    policy = SourcePolicy(fetch=http_policy(server))
+    playlist = resolve_source(server.url("/moved/list.m3u8"), policy)
     assert playlist.identity  # learns the final URL: relative references resolve against it
     with playlist.open_related("seg0.ts") as f:
         assert f.read() == b"T" * 188

@@ -16,22 +16,17 @@ import pytest
 
 from app.config import Settings
 from app.engine.errors import EngineError
-from app.engine.fetch import (
-    GuardedClient,
-    HttpRangeReader,
-    check_url,
-    check_url_full,
-    fetch_bytes,
-    forbidden_reason,
-    parse_ipv4_host,
-)
-from app.engine.sources import resolve_source
+from app.engine.sources import SourcePolicy, resolve_source
+from app.net.client import GuardedClient, fetch_bytes
+from app.net.policy import FetchPolicy, forbidden_reason
+from app.net.ranged import HttpRangeReader
+from app.net.urls import check_url, check_url_full, parse_ipv4_host
 from tests.http_server import LoopbackServer, loopback_server
 
 SECRET = b"SECRET-UPSTREAM-BODY"
 
 
-def make_settings(**overrides: Any) -> Settings:
+def make_policy(**overrides: Any) -> FetchPolicy:
     values: dict[str, Any] = {
         "allowed_networks": [],
         "allowed_ports": [80, 443],
@@ -41,7 +36,7 @@ def make_settings(**overrides: Any) -> Settings:
         "max_redirects": 5,
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings(**values).fetch_policy()
 
 
 class TableResolver:
@@ -69,10 +64,10 @@ def expect_error(code: str, fn: Any, *args: Any, **kwargs: Any) -> EngineError:
     return info.value
 
 
-def loopback_settings(server: LoopbackServer, **overrides: Any) -> Settings:
+def loopback_policy(server: LoopbackServer, **overrides: Any) -> FetchPolicy:
     values: dict[str, Any] = {"allowed_networks": ["127.0.0.0/8"], "allowed_ports": [server.port]}
     values.update(overrides)
-    return make_settings(**values)
+    return make_policy(**values)
 
 
 @pytest.fixture
@@ -130,7 +125,7 @@ FORBIDDEN_LITERALS = [
 
 @pytest.mark.parametrize("host", FORBIDDEN_LITERALS)
 def test_forbidden_literal_addresses(host: str) -> None:
-    err = expect_error("source_forbidden", check_url, f"http://{host}/x", make_settings(), no_dns)
+    err = expect_error("source_forbidden", check_url, f"http://{host}/x", make_policy(), no_dns)
     assert "not allowed" in err.detail
 
 
@@ -160,7 +155,7 @@ def test_odd_ipv4_forms_are_normalised_and_refused(host: str) -> None:
     addr = parse_ipv4_host(host)
     assert addr is not None
     assert forbidden_reason(addr) is not None
-    expect_error("source_forbidden", check_url, f"http://{host}/", make_settings(), no_dns)
+    expect_error("source_forbidden", check_url, f"http://{host}/", make_policy(), no_dns)
 
 
 @pytest.mark.parametrize(
@@ -185,11 +180,11 @@ def test_parse_ipv4_host(host: str, expected: str | None) -> None:
 
 @pytest.mark.parametrize("host", ["1.2.3.256", "1.2.3.4.5", "1.0xg.1", "09.1.1.1", "256.1.1.1", "1.2.65536"])
 def test_malformed_numeric_hosts_are_invalid(host: str) -> None:
-    expect_error("invalid_parameter", check_url, f"http://{host}/", make_settings(), no_dns)
+    expect_error("invalid_parameter", check_url, f"http://{host}/", make_policy(), no_dns)
 
 
 def test_full_width_digits_fold_to_loopback() -> None:
-    expect_error("source_forbidden", check_url, "http://１２７.０.０.１/", make_settings(), no_dns)
+    expect_error("source_forbidden", check_url, "http://１２７.０.０.１/", make_policy(), no_dns)
 
 
 @pytest.mark.parametrize(
@@ -201,19 +196,19 @@ def test_public_addresses_are_allowed(address: str) -> None:
 
 
 def test_public_literal_and_hostname_pass() -> None:
-    settings = make_settings()
-    assert check_url("http://93.184.216.34/a.mp4", settings, no_dns) == [ipaddress.ip_address("93.184.216.34")]
+    policy = make_policy()
+    assert check_url("http://93.184.216.34/a.mp4", policy, no_dns) == [ipaddress.ip_address("93.184.216.34")]
     resolver = TableResolver({"media.example": ["93.184.216.34", "2606:2800:220:1::248"]})
-    got = check_url("https://media.example/a.mp4?x=1#frag", settings, resolver)
+    got = check_url("https://media.example/a.mp4?x=1#frag", policy, resolver)
     assert [str(a) for a in got] == ["93.184.216.34", "2606:2800:220:1::248"]
-    full = check_url_full("https://Media.Example/a.mp4?x=1#frag", settings, resolver)
+    full = check_url_full("https://Media.Example/a.mp4?x=1#frag", policy, resolver)
     assert full.url == "https://media.example/a.mp4?x=1"
     assert (full.host, full.port) == ("media.example", 443)
 
 
 def test_one_bad_record_among_good_ones_is_refused() -> None:
     resolver = TableResolver({"mixed.example": ["93.184.216.34", "8.8.8.8", "10.0.0.7", "1.1.1.1"]})
-    err = expect_error("source_forbidden", check_url, "http://mixed.example/", make_settings(), resolver)
+    err = expect_error("source_forbidden", check_url, "http://mixed.example/", make_policy(), resolver)
     assert "10.0.0.7" not in err.detail
     assert "mixed.example" in err.detail
 
@@ -221,28 +216,28 @@ def test_one_bad_record_among_good_ones_is_refused() -> None:
 @pytest.mark.parametrize("record", ["::1", "fe80::1%eth0", "::ffff:192.168.0.1", "not-an-ip"])
 def test_bad_v6_and_garbage_records_are_refused(record: str) -> None:
     resolver = TableResolver({"v6.example": ["2606:4700:4700::1111", record]})
-    expect_error("source_forbidden", check_url, "http://v6.example/", make_settings(), resolver)
+    expect_error("source_forbidden", check_url, "http://v6.example/", make_policy(), resolver)
 
 
 def test_allowed_networks_exempt_only_their_ranges() -> None:
-    settings = make_settings(allowed_networks=["10.0.0.0/8", "fd00::/8"])
-    assert check_url("http://10.1.2.3/", settings, no_dns)
-    assert check_url("http://[::ffff:10.1.2.3]/", settings, no_dns)
-    assert check_url("http://[fd00::5]/", settings, no_dns)
-    expect_error("source_forbidden", check_url, "http://192.168.1.1/", settings, no_dns)
-    expect_error("source_forbidden", check_url, "http://127.0.0.1/", settings, no_dns)
+    policy = make_policy(allowed_networks=["10.0.0.0/8", "fd00::/8"])
+    assert check_url("http://10.1.2.3/", policy, no_dns)
+    assert check_url("http://[::ffff:10.1.2.3]/", policy, no_dns)
+    assert check_url("http://[fd00::5]/", policy, no_dns)
+    expect_error("source_forbidden", check_url, "http://192.168.1.1/", policy, no_dns)
+    expect_error("source_forbidden", check_url, "http://127.0.0.1/", policy, no_dns)
     resolver = TableResolver({"intra.example": ["10.9.9.9", "192.168.0.9"]})
-    expect_error("source_forbidden", check_url, "http://intra.example/", settings, resolver)
+    expect_error("source_forbidden", check_url, "http://intra.example/", policy, resolver)
 
 
 def test_resolution_failure_is_unreachable_and_names_only_the_host() -> None:
-    err = expect_error("source_unreachable", check_url, "http://nowhere.example/", make_settings(), TableResolver({}))
+    err = expect_error("source_unreachable", check_url, "http://nowhere.example/", make_policy(), TableResolver({}))
     assert "nowhere.example" in err.detail
 
 
 def test_internal_addresses_never_appear_in_details() -> None:
     resolver = TableResolver({"intranet.example": ["10.1.2.3"]})
-    err = expect_error("source_forbidden", check_url, "http://intranet.example/", make_settings(), resolver)
+    err = expect_error("source_forbidden", check_url, "http://intranet.example/", make_policy(), resolver)
     assert "10.1.2.3" not in err.detail
 
 
@@ -252,9 +247,7 @@ def test_slow_resolver_times_out() -> None:
         return ["93.184.216.34"]
 
     start = time.monotonic()
-    expect_error(
-        "source_unreachable", check_url, "http://slow.example/", make_settings(fetch_connect_timeout=0.2), slow
-    )
+    expect_error("source_unreachable", check_url, "http://slow.example/", make_policy(fetch_connect_timeout=0.2), slow)
     assert time.monotonic() - start < 1.5
 
 
@@ -277,7 +270,7 @@ def test_slow_resolver_times_out() -> None:
     ],
 )
 def test_other_schemes_are_forbidden(url: str) -> None:
-    expect_error("source_forbidden", check_url, url, make_settings(), no_dns)
+    expect_error("source_forbidden", check_url, url, make_policy(), no_dns)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +284,7 @@ def test_other_schemes_are_forbidden(url: str) -> None:
     ],
 )
 def test_userinfo_is_rejected(url: str) -> None:
-    err = expect_error("source_forbidden", check_url, url, make_settings(), no_dns)
+    err = expect_error("source_forbidden", check_url, url, make_policy(), no_dns)
     assert "credentials" in err.detail
 
 
@@ -311,39 +304,39 @@ def test_userinfo_is_rejected(url: str) -> None:
     ],
 )
 def test_control_characters_and_whitespace_are_rejected(url: str) -> None:
-    expect_error("invalid_parameter", check_url, url, make_settings(), no_dns)
+    expect_error("invalid_parameter", check_url, url, make_policy(), no_dns)
 
 
 @pytest.mark.parametrize(
     "url", ["http:///x", "http://", "http:example.com", "http://[::1/", "http://ex%41mple.com/", "http://a..b/", "//x/"]
 )
 def test_malformed_urls_are_invalid(url: str) -> None:
-    expect_error("invalid_parameter", check_url, url, make_settings(), no_dns)
+    expect_error("invalid_parameter", check_url, url, make_policy(), no_dns)
 
 
 def test_scoped_ipv6_literal_is_refused() -> None:
     with pytest.raises(EngineError):
-        check_url("http://[fe80::1%25eth0]/", make_settings(), no_dns)
+        check_url("http://[fe80::1%25eth0]/", make_policy(), no_dns)
 
 
 @pytest.mark.parametrize(
     "url", ["http://93.184.216.34:8080/", "https://93.184.216.34:8443/", "http://93.184.216.34:22/"]
 )
 def test_ports_outside_the_allow_list_are_forbidden(url: str) -> None:
-    err = expect_error("source_forbidden", check_url, url, make_settings(), no_dns)
+    err = expect_error("source_forbidden", check_url, url, make_policy(), no_dns)
     assert "port" in err.detail
 
 
 @pytest.mark.parametrize("url", ["http://93.184.216.34:0/", "http://93.184.216.34:65536/", "http://93.184.216.34:8x/"])
 def test_bad_ports_are_invalid(url: str) -> None:
-    expect_error("invalid_parameter", check_url, url, make_settings(allowed_ports=[80, 0, 65536]), no_dns)
+    expect_error("invalid_parameter", check_url, url, make_policy(allowed_ports=[80, 0, 65536]), no_dns)
 
 
 def test_default_and_explicit_ports() -> None:
-    settings = make_settings(allowed_ports=[443, 8443])
-    assert check_url("https://93.184.216.34/", settings, no_dns)
-    assert check_url("https://93.184.216.34:8443/", settings, no_dns)
-    expect_error("source_forbidden", check_url, "http://93.184.216.34/", settings, no_dns)  # 80 not allowed
+    policy = make_policy(allowed_ports=[443, 8443])
+    assert check_url("https://93.184.216.34/", policy, no_dns)
+    assert check_url("https://93.184.216.34:8443/", policy, no_dns)
+    expect_error("source_forbidden", check_url, "http://93.184.216.34/", policy, no_dns)  # 80 not allowed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,25 +346,25 @@ def test_default_and_explicit_ports() -> None:
 
 def test_canary_loopback_refused_without_any_request(server: LoopbackServer) -> None:
     server.add_file("/a.bin", b"hello")
-    settings = make_settings(allowed_ports=[server.port])  # port allowed, address not
+    policy = make_policy(allowed_ports=[server.port])  # port allowed, address not
     for host in ("127.0.0.1", "2130706433", "0x7f.1", "127.1", "[::ffff:127.0.0.1]"):
         url = f"http://{host}:{server.port}/a.bin"
-        expect_error("source_forbidden", fetch_bytes, url, settings)
-        expect_error("source_forbidden", resolve_source, url, settings)
-        expect_error("source_forbidden", HttpRangeReader, url, settings)
+        expect_error("source_forbidden", fetch_bytes, url, policy)
+        expect_error("source_forbidden", resolve_source, url, SourcePolicy(fetch=policy))
+        expect_error("source_forbidden", HttpRangeReader, url, policy)
     resolver = TableResolver({"localhost.example": ["127.0.0.1"]})
     expect_error(
-        "source_forbidden", fetch_bytes, f"http://localhost.example:{server.port}/a.bin", settings, resolver=resolver
+        "source_forbidden", fetch_bytes, f"http://localhost.example:{server.port}/a.bin", policy, resolver=resolver
     )
     assert server.request_count() == 0
 
 
 def test_allowed_network_and_port_work(server: LoopbackServer) -> None:
     server.add_file("/a.bin", b"hello world")
-    settings = loopback_settings(server)
-    assert fetch_bytes(server.url("/a.bin"), settings) == b"hello world"
+    policy = loopback_policy(server)
+    assert fetch_bytes(server.url("/a.bin"), policy) == b"hello world"
     # odd forms are normalised to the address they mean, and that is where the connection goes
-    assert fetch_bytes(f"http://2130706433:{server.port}/a.bin", settings) == b"hello world"
+    assert fetch_bytes(f"http://2130706433:{server.port}/a.bin", policy) == b"hello world"
     assert server.request_count("/a.bin") == 2
     (req,) = server.requests_for("/a.bin")[:1]
     assert req.headers["accept-encoding"] == "identity"
@@ -383,17 +376,17 @@ def test_allowed_network_must_match_exactly(server: LoopbackServer) -> None:
         "source_forbidden",
         fetch_bytes,
         server.url("/a.bin"),
-        loopback_settings(server, allowed_networks=["127.0.0.2/32"]),
+        loopback_policy(server, allowed_networks=["127.0.0.2/32"]),
     )
-    expect_error("source_forbidden", fetch_bytes, server.url("/a.bin"), loopback_settings(server, allowed_ports=[80]))
+    expect_error("source_forbidden", fetch_bytes, server.url("/a.bin"), loopback_policy(server, allowed_ports=[80]))
     assert server.request_count() == 0
 
 
 def test_connection_is_pinned_to_checked_address_and_keeps_host(server: LoopbackServer) -> None:
     server.add_file("/a.bin", b"pinned")
     resolver = TableResolver({"media.test": ["127.0.0.1"]})
-    settings = loopback_settings(server)
-    with GuardedClient(settings, resolver=resolver) as client:
+    policy = loopback_policy(server)
+    with GuardedClient(policy, resolver=resolver) as client:
         assert client.get_bytes(f"http://media.test:{server.port}/a.bin") == b"pinned"
         assert client.get_bytes(f"http://media.test:{server.port}/a.bin") == b"pinned"
     assert resolver.calls == ["media.test"]  # resolved once, then reused: no second lookup to rebind
@@ -408,10 +401,10 @@ def test_rebinding_to_forbidden_address_is_refused(server: LoopbackServer) -> No
     def rebinding(host: str, port: int) -> Iterable[str]:
         return answers.pop(0)
 
-    settings = loopback_settings(server, allowed_networks=["127.0.0.1/32"])
+    policy = loopback_policy(server, allowed_networks=["127.0.0.1/32"])
     url = f"http://rebind.test:{server.port}/a.bin"
-    assert fetch_bytes(url, settings, resolver=rebinding) == b"x"
-    expect_error("source_forbidden", fetch_bytes, url, settings, resolver=rebinding)
+    assert fetch_bytes(url, policy, resolver=rebinding) == b"x"
+    expect_error("source_forbidden", fetch_bytes, url, policy, resolver=rebinding)
     assert server.request_count() == 1
 
 
@@ -423,10 +416,10 @@ def test_redirect_to_forbidden_address_is_refused(server: LoopbackServer) -> Non
     try:
         canary.add_file("/secret", b"internal")
         server.add_redirect("/go", f"http://127.0.0.2:{canary.port}/secret")
-        settings = make_settings(allowed_networks=["127.0.0.1/32"], allowed_ports=[server.port, canary.port])
-        err = expect_error("source_forbidden", fetch_bytes, server.url("/go"), settings)
+        policy = make_policy(allowed_networks=["127.0.0.1/32"], allowed_ports=[server.port, canary.port])
+        err = expect_error("source_forbidden", fetch_bytes, server.url("/go"), policy)
         assert "127.0.0.2" not in err.detail
-        expect_error("source_forbidden", HttpRangeReader, server.url("/go"), settings)
+        expect_error("source_forbidden", HttpRangeReader, server.url("/go"), policy)
         assert server.request_count("/go") == 2
         assert canary.request_count() == 0
     finally:
@@ -448,8 +441,8 @@ def test_redirect_to_forbidden_address_is_refused(server: LoopbackServer) -> Non
 def test_redirect_targets_are_checked(server: LoopbackServer, location: str) -> None:
     server.add_redirect("/go", location)
     resolver = TableResolver({"evil.test": ["10.0.0.1"]})
-    settings = make_settings(allowed_networks=["127.0.0.1/32"], allowed_ports=[80, server.port])
-    err = expect_error("source_forbidden", fetch_bytes, server.url("/go"), settings, resolver=resolver)
+    policy = make_policy(allowed_networks=["127.0.0.1/32"], allowed_ports=[80, server.port])
+    err = expect_error("source_forbidden", fetch_bytes, server.url("/go"), policy, resolver=resolver)
     assert "10.0.0.1" not in err.detail and "169.254" not in err.detail
 
 
@@ -461,19 +454,19 @@ def test_ipv6_loopback_end_to_end() -> None:
     try:
         v6.add_file("/a.bin", b"six")
         url = v6.url("/a.bin")
-        expect_error("source_forbidden", fetch_bytes, url, make_settings(allowed_ports=[v6.port]))
+        expect_error("source_forbidden", fetch_bytes, url, make_policy(allowed_ports=[v6.port]))
         assert v6.request_count() == 0
-        settings = make_settings(allowed_networks=["::1/128"], allowed_ports=[v6.port])
-        assert fetch_bytes(url, settings) == b"six"
+        policy = make_policy(allowed_networks=["::1/128"], allowed_ports=[v6.port])
+        assert fetch_bytes(url, policy) == b"six"
         resolver = TableResolver({"six.test": ["::1"]})
-        assert fetch_bytes(f"http://six.test:{v6.port}/a.bin", settings, resolver=resolver) == b"six"
+        assert fetch_bytes(f"http://six.test:{v6.port}/a.bin", policy, resolver=resolver) == b"six"
     finally:
         v6.stop()
 
 
 def test_redirect_to_port_not_allowed(server: LoopbackServer) -> None:
     server.add_redirect("/go", "http://127.0.0.1:1/")
-    expect_error("source_forbidden", fetch_bytes, server.url("/go"), loopback_settings(server))
+    expect_error("source_forbidden", fetch_bytes, server.url("/go"), loopback_policy(server))
 
 
 def test_redirect_chain_within_cap_is_followed(server: LoopbackServer) -> None:
@@ -481,15 +474,13 @@ def test_redirect_chain_within_cap_is_followed(server: LoopbackServer) -> None:
     server.add_redirect("/r1", "/r2", status=301)
     server.add_redirect("/r2", server.url("/r3"), status=307)
     server.add_redirect("/r3", "final", status=308)
-    assert fetch_bytes(server.url("/r1"), loopback_settings(server, max_redirects=3)) == b"done"
-    expect_error("source_unreachable", fetch_bytes, server.url("/r1"), loopback_settings(server, max_redirects=2))
+    assert fetch_bytes(server.url("/r1"), loopback_policy(server, max_redirects=3)) == b"done"
+    expect_error("source_unreachable", fetch_bytes, server.url("/r1"), loopback_policy(server, max_redirects=2))
 
 
 def test_redirect_loop_hits_the_cap(server: LoopbackServer) -> None:
     server.add_redirect("/loop", "/loop")
-    err = expect_error(
-        "source_unreachable", fetch_bytes, server.url("/loop"), loopback_settings(server, max_redirects=3)
-    )
+    err = expect_error("source_unreachable", fetch_bytes, server.url("/loop"), loopback_policy(server, max_redirects=3))
     assert "redirect" in err.detail
     assert server.request_count("/loop") == 4
 
@@ -511,9 +502,9 @@ def test_redirect_loop_hits_the_cap(server: LoopbackServer) -> None:
 )
 def test_upstream_status_mapping(server: LoopbackServer, status: int, code: str) -> None:
     server.add_status("/s", status, body=SECRET + b" at 10.0.0.1")
-    err = expect_error(code, fetch_bytes, server.url("/s"), loopback_settings(server))
+    err = expect_error(code, fetch_bytes, server.url("/s"), loopback_policy(server))
     assert "SECRET" not in err.detail and "10.0.0.1" not in err.detail
-    expect_error(code, HttpRangeReader, server.url("/s"), loopback_settings(server))
+    expect_error(code, HttpRangeReader, server.url("/s"), loopback_policy(server))
 
 
 def test_connection_refused_is_unreachable_without_leaking_the_address() -> None:
@@ -521,8 +512,8 @@ def test_connection_refused_is_unreachable_without_leaking_the_address() -> None
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     resolver = TableResolver({"media.test": ["127.0.0.1"]})
-    settings = make_settings(allowed_networks=["127.0.0.0/8"], allowed_ports=[port])
-    err = expect_error("source_unreachable", fetch_bytes, f"http://media.test:{port}/a", settings, resolver=resolver)
+    policy = make_policy(allowed_networks=["127.0.0.0/8"], allowed_ports=[port])
+    err = expect_error("source_unreachable", fetch_bytes, f"http://media.test:{port}/a", policy, resolver=resolver)
     assert "127.0.0.1" not in err.detail
     assert "media.test" in err.detail
 
@@ -530,19 +521,19 @@ def test_connection_refused_is_unreachable_without_leaking_the_address() -> None
 def test_content_length_over_cap_refused_before_body(server: LoopbackServer) -> None:
     # Declares 10 MB, then trickles: only refusing on the header returns quickly.
     server.add_stream("/big", content_length=10_000_000, chunk=b"x" * 100, interval=0.5)
-    settings = loopback_settings(server, max_source_bytes=1_000_000)
+    policy = loopback_policy(server, max_source_bytes=1_000_000)
     start = time.monotonic()
-    expect_error("source_too_large", fetch_bytes, server.url("/big"), settings)
-    expect_error("source_too_large", HttpRangeReader, server.url("/big"), settings)  # server ignores Range
+    expect_error("source_too_large", fetch_bytes, server.url("/big"), policy)
+    expect_error("source_too_large", HttpRangeReader, server.url("/big"), policy)  # server ignores Range
     assert time.monotonic() - start < 0.8
 
 
 def test_endless_body_stops_at_the_cap(server: LoopbackServer) -> None:
     server.add_stream("/endless", chunk=b"y" * 65536)
-    settings = loopback_settings(server, max_source_bytes=1_000_000)
+    policy = loopback_policy(server, max_source_bytes=1_000_000)
     start = time.monotonic()
-    expect_error("source_too_large", fetch_bytes, server.url("/endless"), settings)
-    with HttpRangeReader(server.url("/endless"), settings) as reader:
+    expect_error("source_too_large", fetch_bytes, server.url("/endless"), policy)
+    with HttpRangeReader(server.url("/endless"), policy) as reader:
         assert not reader.supports_ranges
         assert reader.read(1000) == b"y" * 1000
         expect_error("source_too_large", reader.seek, 0, 2)
@@ -553,22 +544,22 @@ def test_endless_body_stops_at_the_cap(server: LoopbackServer) -> None:
 
 def test_slow_body_hits_the_deadline(server: LoopbackServer) -> None:
     server.add_stream("/slow", chunk=b"z" * 10, interval=0.05)  # never stalls long enough for the read timeout
-    settings = loopback_settings(server, fetch_read_timeout=0.5, fetch_total_timeout=1.0)
+    policy = loopback_policy(server, fetch_read_timeout=0.5, fetch_total_timeout=1.0)
     start = time.monotonic()
-    err = expect_error("source_unreachable", fetch_bytes, server.url("/slow"), settings)
+    err = expect_error("source_unreachable", fetch_bytes, server.url("/slow"), policy)
     assert "timed out" in err.detail
     assert time.monotonic() - start < 2.0
     start = time.monotonic()
-    with HttpRangeReader(server.url("/slow"), settings) as reader:
+    with HttpRangeReader(server.url("/slow"), policy) as reader:
         expect_error("source_unreachable", reader.read)
     assert time.monotonic() - start < 2.0
 
 
 def test_silent_server_hits_the_read_timeout(server: LoopbackServer) -> None:
     server.add_stream("/silent", header_delay=30)
-    settings = loopback_settings(server, fetch_read_timeout=0.3, fetch_total_timeout=5.0)
+    policy = loopback_policy(server, fetch_read_timeout=0.3, fetch_total_timeout=5.0)
     start = time.monotonic()
-    expect_error("source_unreachable", fetch_bytes, server.url("/silent"), settings)
+    expect_error("source_unreachable", fetch_bytes, server.url("/silent"), policy)
     assert time.monotonic() - start < 1.5
 
 
@@ -606,8 +597,8 @@ def test_tls_uses_hostname_for_sni_and_verification(tls_files: dict[str, Path]) 
     with LoopbackServer(ssl_context=server_ctx) as tls_server:
         tls_server.add_file("/a.bin", b"secure bytes")
         resolver = TableResolver({"media.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
-        settings = loopback_settings(tls_server)
-        with GuardedClient(settings, resolver=resolver, ssl_context=client_ctx) as client:
+        policy = loopback_policy(tls_server)
+        with GuardedClient(policy, resolver=resolver, ssl_context=client_ctx) as client:
             assert client.get_bytes(f"https://media.test:{tls_server.port}/a.bin") == b"secure bytes"
             assert tls_server.sni_names == ["media.test"]
             assert tls_server.requests_for("/a.bin")[0].headers["host"] == f"media.test:{tls_server.port}"

@@ -24,7 +24,7 @@ from av.video.reformatter import ColorRange
 from PIL import Image
 
 from app.engine import yuvencode
-from app.engine.encode import encode_frame, encode_image
+from app.engine.encode import encode_image, render_and_encode
 from app.engine.options import EncodeOptions, RenderOptions
 from app.engine.render import plan_frame, render_frame
 from tests.media import require_corpus
@@ -138,8 +138,8 @@ def test_webp_from_ten_bit_planes_and_its_effort(tmp_path: Path) -> None:
     layout = plan_frame(frame, RenderOptions(), stream=stream)[0]
     quick, thorough = (yuvencode.encode_webp(frame, layout, 80, method)[0] for method in (0, 6))
     assert quick != thorough  # the method reaches libwebp
-    data, _, timings = encode_frame(frame, RenderOptions(), EncodeOptions(format="webp"), stream=stream)
-    assert data == yuvencode.encode_webp(frame, layout, 80, EncodeOptions().webp_method)[0]  # encode_frame's path
+    data, _, timings = render_and_encode(frame, RenderOptions(), EncodeOptions(format="webp"), stream=stream)
+    assert data == yuvencode.encode_webp(frame, layout, 80, EncodeOptions().webp_method)[0]  # render_and_encode's path
     assert timings["render"] > 0 and timings["encode"] > 0
 
 
@@ -206,7 +206,7 @@ def test_odd_sizes_take_the_rgb_path(tmp_path: Path, size: str) -> None:
     assert (frame.width, frame.height) == (w, h)
     layout, region = plan_frame(frame, RenderOptions(), stream=stream)
     assert not yuvencode.can_encode(frame, layout, region, "sdr")
-    data, out_size, _ = encode_frame(frame, RenderOptions(), JPEG, stream=stream)
+    data, out_size, _ = render_and_encode(frame, RenderOptions(), JPEG, stream=stream)
     assert out_size == (w, h) and _decoded(data).shape == (h, w, 3)
 
 
@@ -317,7 +317,7 @@ def test_conversions_kept_per_size_give_what_a_fresh_one_gives() -> None:
         assert all(pool.map(convert_all, (1, 2)))
 
 
-def test_encode_frame_picks_the_path(clips: dict[str, Path]) -> None:
+def test_render_and_encode_picks_the_path(clips: dict[str, Path]) -> None:
     """JPEG of a plain layout comes from the planes; pad, cover crops and other formats from RGB."""
     frame, stream = first_frame(clips["plain"])
     plain, _ = plan_frame(frame, RenderOptions(), stream=stream)
@@ -329,12 +329,12 @@ def test_encode_frame_picks_the_path(clips: dict[str, Path]) -> None:
     ):
         layout, region = plan_frame(frame, options, stream=stream)
         assert not yuvencode.can_encode(frame, layout, region, "sdr")
-        data, size, _ = encode_frame(frame, options, JPEG, stream=stream)
+        data, size, _ = render_and_encode(frame, options, JPEG, stream=stream)
         assert size == (100, 100) and _decoded(data).shape == (100, 100, 3)
     rgb = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
     layout, region = plan_frame(rgb, RenderOptions())
     assert not yuvencode.can_encode(rgb, layout, region, "sdr")
-    data, size, timings = encode_frame(frame, RenderOptions(), JPEG, stream=stream)
+    data, size, timings = render_and_encode(frame, RenderOptions(), JPEG, stream=stream)
     assert size == (320, 240) and set(timings) == {"render", "encode"}
     assert psnr(_decoded(data), _decoded(_slow(frame, stream, RenderOptions()))) > 30
 
@@ -347,12 +347,12 @@ def test_hdr_to_sdr_takes_the_tone_mapping_path() -> None:
     assert yuvencode.can_encode(frame, layout, region, "native")
 
 
-def test_encode_frame_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
+def test_render_and_encode_with_threads_gives_the_same_bytes(clips: dict[str, Path]) -> None:
     with av.open(str(clips["plain"])) as container:
         frame = next(container.decode(video=0))
     big = frame.reformat(width=1280, height=720, format="yuv420p")  # big enough to be cut into bands
-    one = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=1)
-    two = encode_frame(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=2)
+    one = render_and_encode(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=1)
+    two = render_and_encode(big, RenderOptions(), EncodeOptions(format="jpeg"), threads=2)
     assert one[1] == two[1] == (1280, 720)
     assert one[0] == two[0]
 

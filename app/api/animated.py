@@ -10,19 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.assets import (
+    ASSET_PROBLEMS,
     checked_source,
-    entity_tag,
+    entity_tag_of,
     grab_in_order,
     local_identity,
     not_modified,
     not_modified_response,
     one_answer,
 )
-from app.api.problems import problem_responses
 from app.config import Settings
+from app.engine import FrameResult
 from app.engine.animated import ANIMATED_CONTENT_TYPES, encode_animation, frame_times
 from app.engine.errors import InvalidParameter
-from app.engine.generator import FrameResult
 from app.engine.info import AssetInfo
 from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
 from app.engine.storyboard import seconds_text
@@ -101,16 +101,7 @@ async def _make(request: Request, params: AnimatedParams, image_format: str) -> 
             "description": "The animation. `X-Actual-Time`: the first frame's time; `X-Frame-Count`: ticks.",
         },
         304: {"description": "Not modified (`If-None-Match` matched)."},
-        **problem_responses(
-            {
-                400: "`invalid_parameter` (with `parameter`)",
-                404: "`source_not_found`",
-                422: "`no_image_at_time`, `unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_*`",
-                429: "`queue_full`, `rate_limited`",
-                502: "`source_unreachable`",
-                504: "`decode_timeout`",
-            }
-        ),
+        **ASSET_PROBLEMS,
     },
 )
 async def get_animated(
@@ -127,19 +118,19 @@ async def get_animated(
     options: dict[str, Any] = params.model_dump()
     identity = local_identity(source)
     if identity is not None:
-        etag = entity_tag("animated", identity, options, image_format)
+        etag = entity_tag_of("animated", identity, options, image_format)
         if not_modified(request, etag):
             return not_modified_response(etag, headers)
         if (cached := cache.get(etag)) is not None:
             body, cached_headers = cached
             return Response(body, headers={**headers, **cached_headers})
-    key = entity_tag("animated", identity or f"url:{params.url}", options, image_format)
+    key = entity_tag_of("animated", identity or f"url:{params.url}", options, image_format)
 
     async def make() -> tuple[bytes, list[FrameResult]]:
         return await _make(request, params, image_format)
 
     body, frames = await request.app.state.in_flight.run(key, make)
-    etag = entity_tag("animated", frames[0].source_identity, options, image_format)
+    etag = entity_tag_of("animated", frames[0].source_identity, options, image_format)
     if not_modified(request, etag):
         return not_modified_response(etag, headers)
     made = {

@@ -4,25 +4,52 @@ source check before queueing, validators and weak ``If-None-Match``, and one-ans
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-from typing import Any
+from typing import Any, Final
 
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api.images import entity_tag, none_match
+from app.api.problems import problem_responses
 from app.config import Settings
+from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult
 from app.engine.sources import LocalSource, Source, is_remote, resolve_source
 from app.pool.base import DecoderPool, GrabTask
+
+# The problems of an endpoint that reads an asset in a decoder worker (frames, info, storyboards, previews).
+_ASSET_PROBLEM_CODES: Final = (
+    "invalid_parameter",
+    "unauthorized",
+    "source_forbidden",
+    "signature_invalid",
+    "signature_expired",
+    "source_not_found",
+    "no_image_at_time",
+    "unsupported_media",
+    "no_video_stream",
+    "decode_failed",
+    "source_too_large",
+    "source_too_many_pixels",
+    "source_too_long",
+    "source_too_many_streams",
+    "queue_full",
+    "rate_limited",
+    "source_unreachable",
+    "decode_timeout",
+)
+ASSET_PROBLEMS: Final = problem_responses(
+    *_ASSET_PROBLEM_CODES,
+    notes={401: "API keys configured, none or a wrong one given", 429: "with `Retry-After`"},
+)
 
 
 async def checked_source(url: str, settings: Settings) -> Source:
     """The source, refused here before any queueing (an SSRF refusal needs no decoder); DNS on a thread."""
     if is_remote(url):
-        return await run_in_threadpool(resolve_source, url, settings)
-    return resolve_source(url, settings)
+        return await run_in_threadpool(resolve_source, url, settings.source_policy())
+    return resolve_source(url, settings.source_policy())
 
 
 def local_identity(source: Source) -> str | None:
@@ -30,28 +57,13 @@ def local_identity(source: Source) -> str | None:
     return source.identity if isinstance(source, LocalSource) else None
 
 
-def entity_tag(*parts: Any) -> str:
-    """A strong validator over everything the response is a pure function of."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return '"' + hashlib.sha256(blob.encode()).hexdigest()[:32] + '"'
-
-
-def _opaque(tag: str) -> str:
-    tag = tag.strip()
-    return tag[2:] if tag.startswith(("W/", "w/")) else tag
-
-
-def weak_match(if_none_match: str | None, etag: str) -> bool:
-    """``If-None-Match`` against ``etag`` by the weak comparison RFC 9110 prescribes for it (``W/"x"``
-    matches ``"x"``), or ``*``."""
-    if not if_none_match:
-        return False
-    tags = {_opaque(tag) for tag in if_none_match.split(",") if tag.strip()}
-    return "*" in tags or (bool(etag) and _opaque(etag) in tags)
+def entity_tag_of(*parts: Any) -> str:
+    """A strong entity tag over everything the response is a pure function of."""
+    return entity_tag(json.dumps(parts, sort_keys=True, default=str).encode())
 
 
 def not_modified(request: Request, etag: str) -> bool:
-    return weak_match(request.headers.get("if-none-match"), etag)
+    return none_match(request.headers.get("if-none-match"), etag)
 
 
 def not_modified_response(etag: str, headers: dict[str, str]) -> Response:

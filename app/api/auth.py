@@ -25,18 +25,18 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.problems import Problem, problem_response
+from app.api.problems import problem_handler, problem_responses
 from app.api.ratelimit import MemoryRateLimiter, RateLimiter, parse_rate
 from app.config import Settings
+from app.errors import ProblemError
 
 __all__ = [
     "AUTH_RESPONSES",
@@ -96,27 +96,17 @@ ALLOWED_HEADERS: Final = (
 )
 
 
-class AccessDenied(Exception):
-    """Turned into a problem response (401, 403 or 429) by the handler :func:`install_access_control` adds."""
-
-    def __init__(
-        self, status: int, code: str, title: str, detail: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.title = title
-        self.detail = detail
-        self.headers = dict(headers or {})
+class AccessDenied(ProblemError):
+    """A refusal (401, 403 or 429): a problem response like any other :class:`app.errors.ProblemError`."""
 
 
 def _unauthorized(detail: str, *, invalid: bool) -> AccessDenied:
     challenge = 'Bearer realm="stillframe"' + (', error="invalid_token"' if invalid else "")
-    return AccessDenied(401, "unauthorized", "Unauthorized", detail, {"WWW-Authenticate": challenge})
+    return AccessDenied("unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 def _signature_invalid(detail: str) -> AccessDenied:
-    return AccessDenied(403, "signature_invalid", "Invalid signature", detail)
+    return AccessDenied("signature_invalid", detail)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,7 +248,7 @@ class UrlSigner:
         if not hmac.compare_digest(presented, expected):
             raise _signature_invalid("the signature does not match this URL")
         if int(exp_text) < self._clock():
-            raise AccessDenied(403, "signature_expired", "Signature expired", "the signed URL has expired")
+            raise AccessDenied("signature_expired", "the signed URL has expired")
         return kid
 
 
@@ -286,7 +276,7 @@ class SignedUrlMiddleware:
                 query = raw.decode("latin-1")
                 kept = _without_signature(query)
                 if len(kept) != len([p for p in query.split("&") if p]):
-                    scope = dict(scope)
+                    # (in place: outer middleware, app.api.observe, reads the route the router adds here)
                     scope["query_string"] = "&".join(kept).encode("latin-1")
                     scope[_SCOPE_KEY] = _SignedRequest(path, query)
         await self.app(scope, receive, send)
@@ -336,11 +326,9 @@ class AccessControl:
             decision = self.limiter.hit(caller.rate_key)
             if not decision.allowed:
                 raise AccessDenied(
-                    429,
                     "rate_limited",
-                    "Too many requests",
                     "the rate limit for this caller is exhausted; retry later",
-                    {"Retry-After": decision.retry_after_header, "RateLimit-Limit": str(decision.limit)},
+                    headers={"Retry-After": decision.retry_after_header, "RateLimit-Limit": str(decision.limit)},
                 )
         return caller
 
@@ -375,8 +363,8 @@ async def caller_identity(
 
 
 async def authenticate(request: Request) -> str | None:
-    """:func:`caller_identity` for a route that binds nothing through FastAPI (``GET /v1/frame``, the hot
-    path): the same checks on the same credentials. Such a route documents ``SECURITY`` itself."""
+    """:func:`caller_identity` for ``GET /v1/frame``, which binds nothing through FastAPI (see
+    app.api.frames): the same checks on the same credentials."""
     return _identify(request, await _bearer(request))
 
 
@@ -391,14 +379,15 @@ CallerId = Annotated[str | None, Depends(caller_identity)]
 # What a route that depends on caller_identity gets in its OpenAPI operation: either scheme will do.
 SECURITY: list[dict[str, list[str]]] = [{_bearer.scheme_name: []}, {_signed_url.scheme_name: []}]
 
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "model": Problem, "content": {"application/problem+json": {}}}
-    for status, description in {
-        401: "`unauthorized`: no or an invalid API key (with `WWW-Authenticate`)",
-        403: "`signature_invalid`, `signature_expired` (signed URLs), `source_forbidden`",
-        429: "`rate_limited` (with `Retry-After`), `queue_full`",
-    }.items()
-}
+AUTH_RESPONSES = problem_responses(
+    "unauthorized",
+    "signature_invalid",
+    "signature_expired",
+    "source_forbidden",
+    "rate_limited",
+    "queue_full",
+    notes={401: "no or an invalid API key, with `WWW-Authenticate`", 429: "with `Retry-After`"},
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,14 +400,7 @@ def install_access_control(app: FastAPI, settings: Settings, *, limiter: RateLim
     opt in with ``dependencies=[Depends(caller_identity)]``; health endpoints stay open."""
     access = AccessControl(settings, limiter=limiter)
     app.state.access_control = access
-
-    async def _denied(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, AccessDenied)
-        return problem_response(
-            exc.status, exc.code, exc.title, exc.detail, instance=request.url.path, headers=exc.headers
-        )
-
-    app.add_exception_handler(AccessDenied, _denied)
+    app.add_exception_handler(AccessDenied, problem_handler)  # (also when no other problem handler is installed)
     app.add_middleware(SignedUrlMiddleware)
     if settings.cors_origins:  # outermost: refusals carry CORS headers too, and preflights need no key
         app.add_middleware(

@@ -1,8 +1,17 @@
-"""GET/POST /v1/frame: one image for one time."""
+"""GET/POST /v1/frame: one image for one time.
+
+``GET /v1/frame`` is the hot path (an ``<img src>``, often answered from the image cache), and it
+binds nothing through FastAPI: it reads its query (``frame_query``, one pydantic call), its caller
+(``app.api.auth.authenticate``), its headers and its services itself. FastAPI's binding of a query
+model, of a dependency and of each header costs every request, and together they are a large part
+of a cached grab at p50 (the benchmark of a cached ``GET /v1/frame`` over a keep-alive connection).
+The route still answers as a bound one would: the same checks on the same credentials, the same
+400 problems (``RequestValidationError``), and the parameters and security FastAPI would document
+(``_documented_parameters``, ``SECURITY``; tests/test_openapi.py checks them). ``POST`` binds as usual.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Annotated, Any
@@ -12,18 +21,16 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.assets import weak_match
+from app.api.assets import ASSET_PROBLEMS
 from app.api.auth import SECURITY, authenticate, caller_identity
 from app.api.deps import FrameServices, get_frame_services
+from app.api.images import entity_tag, image_headers, none_match
 from app.api.jobs import respond_async, wants_async
 from app.api.poster import poster_time
-from app.api.problems import problem_responses
 from app.config import Settings
 from app.engine.encode import negotiate_format
-from app.engine.generator import FrameResult
 from app.engine.poster import POSTER_TIME
 from app.engine.sources import LocalSource, is_remote, resolve_source
-from app.engine.timeparse import format_fraction
 from app.pool.base import GrabTask
 from app.schemas import FrameParams
 
@@ -51,19 +58,7 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
         },
     },
     304: {"description": "Not modified (`If-None-Match` matched)."},
-    **problem_responses(
-        {
-            400: "`invalid_parameter`",
-            401: "`unauthorized` (API keys configured, none or a wrong one given)",
-            403: "`source_forbidden`, `signature_invalid`, `signature_expired`",
-            404: "`source_not_found`",
-            422: "`no_image_at_time`, `unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_large`, "
-            "`source_too_many_pixels`, `source_too_long`, `source_too_many_streams`",
-            429: "`queue_full`, `rate_limited` (with `Retry-After`)",
-            502: "`source_unreachable`",
-            504: "`decode_timeout`",
-        }
-    ),
+    **ASSET_PROBLEMS,
 }
 
 
@@ -74,11 +69,7 @@ def _etag(source_identity: str, params: FrameParams, image_format: str, settings
     options = params.model_dump(exclude={"url", "format"})
     effort = {"webp": settings.webp_method, "avif": settings.avif_speed}.get(image_format)
     blob = json.dumps([source_identity, image_format, options, effort], sort_keys=True, default=str)
-    return '"' + hashlib.sha256(blob.encode()).hexdigest()[:32] + '"'
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    return weak_match(if_none_match, etag)  # RFC 9110: If-None-Match compares weakly
+    return entity_tag(blob.encode())
 
 
 async def serve_frame(
@@ -89,9 +80,9 @@ async def serve_frame(
     # Refuse bad sources here, before any queueing (an SSRF refusal needs no decoder). A local path is
     # a stat: cheaper inline than a hop to the thread pool; DNS is not.
     if is_remote(params.url):
-        source = await run_in_threadpool(resolve_source, params.url, settings)
+        source = await run_in_threadpool(resolve_source, params.url, settings.source_policy())
     else:
-        source = resolve_source(params.url, settings)
+        source = resolve_source(params.url, settings.source_policy())
     if params.t == POSTER_TIME:  # the poster's time first, then the frame at it like any other
         identity = source.identity if isinstance(source, LocalSource) else None
         params = params.model_copy(update={"t": await poster_time(pool, params.url, params.stream, identity)})
@@ -101,23 +92,24 @@ async def serve_frame(
     known_etag = None
     if isinstance(source, LocalSource):  # identity is a stat away: answer without decoding when we can
         known_etag = _etag(source.identity, params, image_format, settings)
-        if _matches(if_none_match, known_etag):
+        if none_match(if_none_match, known_etag):
             return Response(status_code=304, headers={**headers, "ETag": known_etag})
         if cached := cache.get(known_etag):
-            body, image_headers_ = cached
-            return Response(body, headers={**headers, **image_headers_, "Server-Timing": "cache;dur=0"})
+            body, entity_headers = cached
+            return Response(body, headers={**headers, **entity_headers, "Server-Timing": "cache;dur=0"})
     task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
     started = time.perf_counter()
     flight_key = known_etag or _etag(f"url:{params.url}", params, image_format, settings)
     result = await in_flight.run(flight_key, lambda: pool.grab(task))
     total = time.perf_counter() - started
     etag = _etag(result.source_identity, params, image_format, settings)
-    if _matches(if_none_match, etag):
+    if none_match(if_none_match, etag):
         return Response(status_code=304, headers={**headers, "ETag": etag})
-    image_headers_ = {"ETag": etag, "Content-Type": result.content_type, **image_headers(result, image_format)}
-    cache.put(etag, result.image, image_headers_)
+    times = image_headers(result.actual_time, result.actual_time_rational, result.requested_time, image_format)
+    entity_headers = {"ETag": etag, "Content-Type": result.content_type, **times}
+    cache.put(etag, result.image, entity_headers)
     return Response(
-        result.image, headers={**headers, **image_headers_, "Server-Timing": server_timing(result.timings, total)}
+        result.image, headers={**headers, **entity_headers, "Server-Timing": server_timing(result.timings, total)}
     )
 
 
@@ -128,18 +120,6 @@ def server_timing(timings: dict[str, float], total: float) -> str:
     parts = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in timings.items()]
     parts.append(f"pool;dur={max(0.0, total - sum(timings.values())) * 1000:.2f}")
     return ", ".join(parts)
-
-
-def image_headers(result: FrameResult, image_format: str) -> dict[str, str]:
-    """The time headers of an image response (shared with job results)."""
-    actual = format_fraction(result.actual_time)
-    return {
-        "X-Actual-Time": actual,
-        "X-Actual-Time-Rational": result.actual_time_rational,
-        "X-Requested-Time": format_fraction(result.requested_time),
-        "Content-Disposition": f'inline; filename="frame-{actual}.{"jpg" if image_format == "jpeg" else image_format}"',
-        "Access-Control-Expose-Headers": "X-Actual-Time, X-Actual-Time-Rational, X-Requested-Time, ETag",
-    }
 
 
 def _documented_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -165,10 +145,7 @@ def _documented_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 async def frame_query(request: Request) -> FrameParams:
-    """``GET /v1/frame``'s query, validated by pydantic in one call (~10 us). FastAPI's own binding of a
-    query model looks at every field's annotation again on every request: ~0.3 ms for these 17 fields,
-    as much as the rest of the route. The route documents the parameters as FastAPI would
-    (``_documented_parameters``); errors are FastAPI's (``RequestValidationError``, a 400 problem)."""
+    """``GET /v1/frame``'s query, validated in one pydantic call; errors as FastAPI's own (a 400 problem)."""
     try:
         return FrameParams.model_validate(dict(request.query_params))  # (a repeated name: its last value)
     except ValidationError as exc:
@@ -184,11 +161,7 @@ async def frame_query(request: Request) -> FrameParams:
 )
 async def get_frame(request: Request) -> Response:
     """Like `AVAssetImageGenerator.image(at:)`: the frame on screen at `t` (exact by default)."""
-    # The caller, the query, the headers and the services are read here rather than bound by FastAPI:
-    # each bound parameter or dependency costs ~10 us a request, several times that on a core just woken
-    # from idle (a frame from the image cache after 50 ms idle on the 2-core VM: 1.93 -> 1.78 ms for the
-    # query, headers and services, then 1.65 -> 1.50 ms for the caller).
-    await authenticate(request)
+    await authenticate(request)  # (nothing bound through FastAPI here: see the module's docstring)
     headers = request.headers
     services = await get_frame_services(request)
     return await serve_frame(await frame_query(request), services, headers.get("accept"), headers.get("if-none-match"))

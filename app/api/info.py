@@ -10,8 +10,15 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.assets import checked_source, entity_tag, local_identity, not_modified, not_modified_response, one_answer
-from app.api.problems import problem_responses
+from app.api.assets import (
+    ASSET_PROBLEMS,
+    checked_source,
+    entity_tag_of,
+    local_identity,
+    not_modified,
+    not_modified_response,
+    one_answer,
+)
 from app.engine.info import AssetInfo
 from app.engine.options import GrabOptions
 from app.engine.timeparse import format_fraction
@@ -66,15 +73,7 @@ def info_document(info: AssetInfo) -> dict[str, Any]:
     responses={
         200: {"description": "The facts, as JSON; times in seconds on the asset timeline (t=0 at the start)."},
         304: {"description": "Not modified (`If-None-Match` matched)."},
-        **problem_responses(
-            {
-                400: "`invalid_parameter`",
-                404: "`source_not_found`",
-                422: "`unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_*`",
-                502: "`source_unreachable`",
-                504: "`decode_timeout`",
-            }
-        ),
+        **ASSET_PROBLEMS,
     },
 )
 async def get_info(request: Request, params: Annotated[InfoParams, Query()]) -> Response:
@@ -83,12 +82,12 @@ async def get_info(request: Request, params: Annotated[InfoParams, Query()]) -> 
     source = await checked_source(params.url, settings)
     headers = {"Cache-Control": settings.cache_control}
     identity = local_identity(source)
-    if identity is not None and not_modified(request, etag := entity_tag("info", identity, params.model_dump())):
+    if identity is not None and not_modified(request, etag := entity_tag_of("info", identity, params.model_dump())):
         return not_modified_response(etag, headers)
     kind: TaskKind = "info_keyframes" if params.keyframes else "info"
     task = GrabTask(params.url, (), GrabOptions(stream=params.stream), kind=kind)
     info: AssetInfo = await one_answer(request.app.state.pool, task)
-    etag = entity_tag("info", info.source_identity, params.model_dump())
+    etag = entity_tag_of("info", info.source_identity, params.model_dump())
     if not_modified(request, etag):
         return not_modified_response(etag, headers)
     return JSONResponse(info_document(info), headers={**headers, "ETag": etag})

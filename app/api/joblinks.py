@@ -21,7 +21,7 @@ router = APIRouter(tags=["jobs"])
 @router.get(
     "/v1/jobs/{job_id}/links",
     summary="Signed URLs of a job's events and result images",
-    responses=problem_responses({400: "`invalid_parameter` (no URL signing configured)", 404: "`job_not_found`"}),
+    responses=problem_responses("invalid_parameter", "job_not_found", notes={400: "no URL signing configured"}),
 )
 async def signed_job_links(
     request: Request,

@@ -7,45 +7,47 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from app.api.assets import weak_match
 from app.api.deps import get_app_settings
+from app.api.images import image_headers, none_match
 from app.api.poster import poster_time
-from app.api.problems import problem_response, problem_responses
+from app.api.problems import problem_json, problem_responses
 from app.config import Settings
 from app.engine.encode import negotiate_format
 from app.engine.errors import InvalidParameter
-from app.engine.fetch import check_url
-from app.engine.generator import FrameResult
 from app.engine.poster import POSTER_TIME
 from app.engine.sources import LocalSource, resolve_source
-from app.engine.timeparse import parse_time
+from app.engine.timeparse import format_rational_time, parse_time
+from app.errors import problem_body
+from app.jobs.events import format_timestamp, frame_event_data
 from app.jobs.model import JOB_COMPLETED, Job, JobError, JobSpec, ResultRecord
 from app.jobs.runner import JobRunner, request_hash
-from app.jobs.store import frame_event_data
-from app.schemas import FrameParams, RenderParams, TimeText
+from app.net.urls import check_url
+from app.schemas import FrameParams, GrabParams, TimeText
 
 router = APIRouter(tags=["jobs"])
 
 _PROBLEMS = problem_responses(
-    {
-        400: "`invalid_parameter`",
-        403: "`source_forbidden` (the source or the callback URL)",
-        404: "`source_not_found`, `job_not_found`, `result_not_found`",
-        409: "`result_pending`, `cancelled`",
-        422: "`idempotency_key_reused`, or the failed time's own problem",
-        503: "`shutting_down`",
-    }
+    "invalid_parameter",
+    "source_forbidden",
+    "source_not_found",
+    "job_not_found",
+    "result_not_found",
+    "result_pending",
+    "cancelled",
+    "idempotency_key_reused",
+    "shutting_down",
+    notes={403: "the source or the callback URL", 422: "or the failed time's own problem"},
 )
 
 _KEEPALIVE_SECONDS = 15.0
 
 
-class JobCreate(RenderParams):
+class JobCreate(GrabParams):
     """A job: one source, many times, the same options as `/v1/frame`."""
 
     url: str = Field(min_length=1, max_length=8192, description="`http(s)://` URL, or a path under the media root.")
@@ -80,11 +82,8 @@ async def get_owner(request: Request) -> str | None:
     return owner if isinstance(owner, str) and not owner.startswith("url:") else None
 
 
-def install_job_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(JobError)
-    async def _job_error(request: Request, exc: JobError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.code == "shutting_down" else None
-        return problem_response(exc.status, exc.code, exc.title, exc.detail, instance=request.url.path, headers=headers)
+Runner = Annotated[JobRunner, Depends(get_runner)]
+Owner = Annotated[str | None, Depends(get_owner)]
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -103,10 +102,10 @@ def job_view(job: Job, results: list[ResultRecord] | None = None) -> dict[str, A
         "id": job.id,
         "status": job.status,
         "url": job.url,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "finished_at": _iso(job.finished_at),
-        "expires_at": _iso(job.expires_at),
+        "created_at": format_timestamp(job.created_at),
+        "updated_at": format_timestamp(job.updated_at),
+        "finished_at": format_timestamp(job.finished_at),
+        "expires_at": format_timestamp(job.expires_at),
         "progress": {
             "total": total,
             "done": done,
@@ -132,14 +131,6 @@ def _result_view(job: Job, record: ResultRecord) -> dict[str, Any]:
     return data
 
 
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _accepted(job: Job, created: bool, extra_headers: dict[str, str] | None = None) -> JSONResponse:
     headers = {"Location": f"/v1/jobs/{job.id}", **(extra_headers or {})}
     if not created:
@@ -157,7 +148,7 @@ async def _create(
     *,
     url: str,
     times: list[str],
-    render: RenderParams,
+    grab: GrabParams,
     image_format: str,
     callback_url: str | None,
     callback_include_image: bool,
@@ -168,10 +159,10 @@ async def _create(
         raise InvalidParameter(f"times: at most {settings.max_times_per_job} per job", parameter="times")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidParameter("Idempotency-Key: 1 to 255 characters", parameter="Idempotency-Key")
-    source = await run_in_threadpool(resolve_source, url, settings)  # refuse a bad source now, not later
+    source = await run_in_threadpool(resolve_source, url, settings.source_policy())  # refused now, not later
     if POSTER_TIME in times:  # chosen now: the job asks for the poster's time (X-Actual-Time says which)
         identity = source.identity if isinstance(source, LocalSource) else None
-        chosen = await poster_time(request.app.state.pool, url, render.stream, identity)
+        chosen = await poster_time(request.app.state.pool, url, grab.stream, identity)
         times = [chosen if t == POSTER_TIME else t for t in times]
     if callback_url is not None:
         if not settings.webhook_secret:
@@ -179,8 +170,8 @@ async def _create(
                 "callback_url: webhooks are not enabled on this server (no STILLFRAME_WEBHOOK_SECRET)",
                 parameter="callback_url",
             )
-        await run_in_threadpool(check_url, callback_url, settings)  # the SSRF guard, as for sources
-    params = render.model_dump(mode="json", include=set(RenderParams.model_fields))
+        await run_in_threadpool(check_url, callback_url, settings.fetch_policy())  # the SSRF guard, as for sources
+    params = grab.model_dump(mode="json", include=set(GrabParams.model_fields))
     params["format"] = image_format
     fields = {
         "url": url,
@@ -213,8 +204,8 @@ async def create_job(
     body: JobCreate,
     request: Request,
     settings: Annotated[Settings, Depends(get_app_settings)],
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    owner: Annotated[str | None, Depends(get_owner)],
+    runner: Runner,
+    owner: Owner,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Like `AVAssetImageGenerator.generateCGImagesAsynchronously(forTimes:)`: every time gets a result
@@ -226,7 +217,7 @@ async def create_job(
         settings,
         url=body.url,
         times=list(body.times),
-        render=body,
+        grab=body,
         image_format=body.format or "jpeg",
         callback_url=body.callback_url,
         callback_include_image=body.callback_include_image,
@@ -245,7 +236,7 @@ async def respond_async(request: Request, params: FrameParams, accept: str | Non
         settings,
         url=params.url,
         times=[params.t],
-        render=params,
+        grab=params,
         image_format=params.format or negotiate_format(accept),
         callback_url=None,
         callback_include_image=False,
@@ -275,8 +266,8 @@ async def _job_or_404(runner: JobRunner, job_id: str, owner: str | None) -> Job:
 @router.get("/v1/jobs/{job_id}", summary="A job: status, progress, one entry per time", responses=_PROBLEMS)
 async def get_job(
     job_id: str,
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    owner: Annotated[str | None, Depends(get_owner)],
+    runner: Runner,
+    owner: Owner,
 ) -> JSONResponse:
     job = await _job_or_404(runner, job_id, owner)
     return JSONResponse(job_view(job, await runner.store.results(job_id)))
@@ -291,12 +282,10 @@ async def get_job(
 async def get_result(
     job_id: str,
     index: int,
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    owner: Annotated[str | None, Depends(get_owner)],
+    runner: Runner,
+    owner: Owner,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    from app.api.frames import image_headers
-
     job = await _job_or_404(runner, job_id, owner)
     record = await runner.store.result(job_id, index)
     if record is None:
@@ -304,33 +293,27 @@ async def get_result(
     if record.status == "pending":
         raise JobError("result_pending", f"time {index} of job '{job.id}' is not done yet")
     if record.status == "cancelled":
-        return problem_response(409, "cancelled", "Cancelled", f"time {index} was cancelled")
+        return problem_json(problem_body("cancelled", f"time {index} was cancelled"))
     if record.status == "failed":
-        problem = dict(record.problem or {})
-        return JSONResponse(problem, status_code=int(problem.get("status", 422)), media_type="application/problem+json")
+        return problem_json({"status": 422, **(record.problem or {})})
     assert record.file is not None and record.actual_time is not None and record.requested_time is not None
     headers = {"ETag": record.etag or "", "Cache-Control": "private, max-age=3600"}
-    if weak_match(if_none_match, record.etag or ""):
+    if none_match(if_none_match, record.etag):
         return Response(status_code=304, headers=headers)
-    try:
-        image = await asyncio.to_thread((runner.store.data_dir / record.file).read_bytes)
-    except OSError:
-        raise JobError("result_not_found", f"the image of time {index} has expired") from None
-    result = FrameResult(
-        index=index,
-        requested=parse_time(record.requested),
-        requested_time=record.requested_time,
-        actual_time=record.actual_time,
-        pts=record.pts or 0,
-        time_base=record.time_base or record.actual_time,
-        image=image,
-        content_type=record.content_type or "application/octet-stream",
-        width=record.width or 0,
-        height=record.height or 0,
-    )
+    rational = format_rational_time(record.actual_time, record.time_base or record.actual_time)
     image_format = (record.content_type or "image/jpeg").removeprefix("image/")
-    headers.update(image_headers(result, image_format))
-    return Response(content=image, media_type=result.content_type, headers=headers)
+    headers.update(image_headers(record.actual_time, rational, record.requested_time, image_format))
+    storage = runner.store.images
+    if runner.settings.results_redirect and (
+        url := await storage.signed_url(record.file, runner.settings.results_redirect)
+    ):
+        return Response(status_code=307, headers={**headers, "Location": url})  # large results bypass the API
+    opened = await storage.open(record.file)
+    if opened is None:
+        raise JobError("result_not_found", f"the image of time {index} has expired")
+    size, chunks = opened
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(chunks, media_type=record.content_type or "application/octet-stream", headers=headers)
 
 
 @router.get(
@@ -341,8 +324,8 @@ async def get_result(
 )
 async def job_events(
     job_id: str,
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    owner: Annotated[str | None, Depends(get_owner)],
+    runner: Runner,
+    owner: Owner,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="Resume after this event id (as `Last-Event-ID`).")] = None,
 ) -> StreamingResponse:
@@ -402,8 +385,8 @@ async def _event_stream(runner: JobRunner, job_id: str, last: int) -> AsyncItera
 @router.delete("/v1/jobs/{job_id}", summary="Cancel a job", responses=_PROBLEMS)
 async def cancel_job(
     job_id: str,
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    owner: Annotated[str | None, Depends(get_owner)],
+    runner: Runner,
+    owner: Owner,
 ) -> JSONResponse:
     """Times not yet done end `cancelled`; finished ones stay. Cancelling an ended job changes nothing."""
     job = await runner.cancel(job_id, owner)
@@ -414,8 +397,8 @@ async def cancel_job(
 
 @router.post("/v1/jobs/cancel", summary="Cancel every pending job of the caller", responses=_PROBLEMS)
 async def cancel_all_jobs(
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    owner: Annotated[str | None, Depends(get_owner)],
+    runner: Runner,
+    owner: Owner,
 ) -> dict[str, Any]:
     """`cancelAllCGImageGeneration()`: every queued or running job of the caller ends `cancelled`."""
     cancelled = await runner.cancel_all(owner)

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.problems import problem_response
+from app.api.problems import problem_json
 from app.config import Settings
+from app.errors import problem_body
 
 STATIC = Path(__file__).parent / "static"
 _ASSETS = {"page.js": "text/javascript", "page.css": "text/css"}
@@ -55,7 +56,7 @@ async def page() -> Response:
 async def asset(name: str) -> Response:
     media_type = _ASSETS.get(name)
     if media_type is None:
-        return problem_response(404, "not_found", "Not Found", instance=f"/static/{name}")
+        return problem_json(problem_body("not_found", instance=f"/static/{name}"))
     return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 

@@ -7,8 +7,8 @@ from collections import OrderedDict
 
 from starlette.concurrency import run_in_threadpool
 
+from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult
 from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
 from app.engine.poster import CANDIDATE_WIDTH, FALLBACK_SECONDS, best_candidate, candidate_times, poster_score
 from app.engine.storyboard import seconds_text

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.assets import (
+    ASSET_PROBLEMS,
     checked_source,
-    entity_tag,
+    entity_tag_of,
     grab_in_order,
     local_identity,
     not_modified,
@@ -30,10 +31,9 @@ from app.api.assets import (
     one_answer,
 )
 from app.api.auth import AccessControl
-from app.api.problems import problem_responses
 from app.config import Settings
+from app.engine import FrameResult
 from app.engine.errors import InvalidParameter
-from app.engine.generator import FrameResult
 from app.engine.info import AssetInfo
 from app.engine.options import EncodeOptions, GrabOptions, RenderOptions
 from app.engine.storyboard import (
@@ -166,7 +166,7 @@ async def _storyboard(
     cache: StoryboardCache = request.app.state.storyboards
     source = await checked_source(params.url, settings)
     identity = local_identity(source)
-    key = entity_tag("storyboard", identity or f"url:{params.url}", params.sheet_options(), sheet_format)
+    key = entity_tag_of("storyboard", identity or f"url:{params.url}", params.sheet_options(), sheet_format)
     if identity is not None and (cached := cache.get(key)) is not None:
         return cached
 
@@ -209,16 +209,7 @@ def _tile_document(plan: StoryboardPlan, index: int, tile: FrameResult) -> dict[
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified (`If-None-Match` matched)."},
-    **problem_responses(
-        {
-            400: "`invalid_parameter` (with `parameter`)",
-            404: "`source_not_found`",
-            422: "`no_image_at_time`, `unsupported_media`, `no_video_stream`, `decode_failed`, `source_too_*`",
-            429: "`queue_full`, `rate_limited`",
-            502: "`source_unreachable`",
-            504: "`decode_timeout`",
-        }
-    ),
+    **ASSET_PROBLEMS,
 }
 
 
@@ -229,12 +220,12 @@ async def _index_response(request: Request, params: StoryboardParams, media_type
     source = await checked_source(params.url, settings)
     kind = media_type.split("/")[1]
     if (identity := local_identity(source)) is not None:
-        etag = entity_tag(kind, identity, params.model_dump(), sheet_url)
+        etag = entity_tag_of(kind, identity, params.model_dump(), sheet_url)
         if not_modified(request, etag):
             return not_modified_response(etag, headers)
     board, _ = await _storyboard(request, params, params.format)
     identity = board.tiles[0].source_identity
-    etag = entity_tag(kind, identity, params.model_dump(), sheet_url)
+    etag = entity_tag_of(kind, identity, params.model_dump(), sheet_url)
     if not_modified(request, etag):
         return not_modified_response(etag, headers)
     headers["ETag"] = etag
@@ -295,12 +286,12 @@ async def get_storyboard_sheet(
     headers = {"Cache-Control": settings.cache_control}
     source = await checked_source(params.url, settings)
     if (identity := local_identity(source)) is not None:
-        etag = entity_tag("sheet", identity, params.sheet_options(), sheet_format)
+        etag = entity_tag_of("sheet", identity, params.sheet_options(), sheet_format)
         if not_modified(request, etag):
             return not_modified_response(etag, headers)
     board, sheet = await _storyboard(request, params, sheet_format)
     identity = board.tiles[0].source_identity
-    etag = entity_tag("sheet", identity, params.sheet_options(), sheet_format)
+    etag = entity_tag_of("sheet", identity, params.sheet_options(), sheet_format)
     if not_modified(request, etag):
         return not_modified_response(etag, headers)
     headers["ETag"] = etag

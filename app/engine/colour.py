@@ -3,7 +3,7 @@
 swscale (through PyAV's ``VideoFrame.reformat``) does the YUV->RGB matrix, the range expansion and the
 chroma upsampling; this module decides what to tell it. HDR tone mapping runs here in numpy (float32),
 because PyAV's FFmpeg has no zscale and swscale's own colour-managed path (FFmpeg 8's ``sws`` CMS,
-reached by asking ``reformat`` for another transfer/primaries) costs ~1.6 s per 1080p frame.
+reached by asking ``reformat`` for another transfer/primaries) is an order of magnitude slower.
 
 Tone-mapping pipeline (``tone_map_to_sdr``), on RGB that swscale already produced with the BT.2020
 (non-constant luminance) matrix at 16 bits per channel (``rgb48le``, so 10-bit precision survives):
@@ -28,10 +28,10 @@ as libplacebo and FFmpeg's swscale CMS do; the source range [0, peak] maps onto 
 BT.2408's 18% grey (26 nits) comes out at sRGB 100. The result is encoded with the sRGB curve because it
 is a still image that browsers and viewers show as sRGB: that reproduces the tone-mapped light there.
 
-Cost: 125-200 ms for a 1080p frame on one core of a small, noisy VM, 95-140 ms on two (the steps run in
-blocks of pixels that stay in the CPU's cache, on helper threads when the grab has the cores); about
-1.5x faster than the same steps over the whole picture at once, which gives the same bytes. swscale's
-CMS takes ~1.6 s; its result is close to ours (same levels, slightly lighter highlights).
+Cost: the steps run in blocks of pixels that stay in the CPU's cache, on helper threads when the grab
+has the cores, which is faster than the same steps over the whole picture at once and gives the same
+bytes (measurements: bench/README.md). swscale's CMS result is close to ours (same levels, slightly
+lighter highlights), at many times the cost.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Encode a rendered picture (JPEG / PNG / WebP / AVIF) and pick the format from an Accept header.
 
 Settings favour latency: a frame grab is made once per request, so encoder effort that saves a few
-percent of bytes is not worth tens of milliseconds (timings for a 1080p frame are in tests/test_encode.py
-and the engine notes).
+percent of bytes is not worth its time (measurements: bench/README.md).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from app.engine import yuvencode
+import app.engine.yuvencode as yuvencode
 from app.engine.errors import InvalidParameter
 from app.engine.options import CONTENT_TYPES, EncodeOptions, RenderOptions
 from app.engine.render import DEFAULT_MAX_OUTPUT_PIXELS, FrameMetadata, plan_frame, render_frame
@@ -25,7 +24,7 @@ from app.engine.render import DEFAULT_MAX_OUTPUT_PIXELS, FrameMetadata, plan_fra
 AVIF_THREADS = 2
 
 DEFAULT_QUALITY: dict[str, int] = {
-    "jpeg": 85,  # libjpeg-turbo, 4:2:0: visually clean, ~3x smaller than q95
+    "jpeg": 85,  # libjpeg-turbo, 4:2:0: visually clean, far smaller than q95
     "webp": 80,
     "avif": 60,  # AVIF's scale runs lower than JPEG's for the same look; 60 ~ JPEG 85
 }
@@ -47,7 +46,7 @@ def _quality(options: EncodeOptions) -> int | None:
     return quality
 
 
-def encode_frame(
+def render_and_encode(
     frame: av.VideoFrame,
     render: RenderOptions,
     encode: EncodeOptions,
@@ -103,7 +102,7 @@ def encode_image(image: Image.Image, options: EncodeOptions) -> bytes:
 
     params: dict[str, Any]
     if fmt == "jpeg":
-        # optimize=False: Huffman optimisation costs ~40% more time for ~5% fewer bytes.
+        # optimize=False: Huffman optimisation costs much more time than the few bytes it saves are worth.
         params = {"quality": quality or DEFAULT_QUALITY["jpeg"], "subsampling": "4:2:0", "optimize": False}
         pil_format = "JPEG"
     elif fmt == "png":
@@ -114,7 +113,7 @@ def encode_image(image: Image.Image, options: EncodeOptions) -> bytes:
     else:
         # libavif (aom) through Pillow, on a fixed number of threads: aom's bitstream depends on it (and
         # Pillow's default is the machine's core count), while an ETag promises the same bytes on every
-        # machine and under any load. Two: 1080p in 67 ms, where one thread takes 126.
+        # machine and under any load. Two: nearly twice as fast as one.
         params = {
             "quality": quality or DEFAULT_QUALITY["avif"],
             "speed": options.avif_speed,
@@ -130,8 +129,8 @@ def encode_image(image: Image.Image, options: EncodeOptions) -> bytes:
 
 def _png(image: Image.Image) -> bytes:
     """PNG (8-bit RGB or grey) through FFmpeg's encoder: Paeth prediction on every row, zlib level 1
-    (several times faster than the default 6). Over real 1080p-1440p frames 1.6x faster than Pillow's
-    level 1 (its adaptive filters cost as much as the compression) for 1% more bytes."""
+    (several times faster than the default 6). Faster than Pillow's level 1 on real frames (its
+    adaptive filters cost as much as the compression) for about as many bytes."""
     pixels = np.asarray(image)
     frame = av.VideoFrame.from_ndarray(pixels, format="rgb24" if image.mode == "RGB" else "gray")
     frame.pts = 0

@@ -71,9 +71,10 @@ class AssetInfo:
 def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo:
     """The facts of ``generator``'s asset; its first picture is decoded for what only frames carry
     (the display matrix, the transfer function, the pixel format actually decoded)."""
-    container: Any = generator._container
-    stream: Any = generator._stream
-    origin: Fraction = generator._origin
+    playhead = generator.playhead
+    container: Any = playhead.container
+    stream: Any = playhead.stream
+    origin: Fraction = playhead.origin
     try:
         frame, stamps, truncated = _read(container, stream, keyframes=keyframes)
         layout, _ = plan_frame(frame, RenderOptions(), stream=stream, max_output_pixels=2**62)
@@ -105,7 +106,7 @@ def describe(generator: ImageGenerator, *, keyframes: bool = False) -> AssetInfo
         raise EngineError("decode_failed", "the source could not be read to the end of its description") from exc
     if info.duration is None:  # the container states none: the packets' timestamps tell (it reopens the asset)
         with contextlib.suppress(EngineError):
-            info = dataclasses.replace(info, duration=generator._scan_duration())
+            info = dataclasses.replace(info, duration=generator.scan_duration())
     return info
 
 

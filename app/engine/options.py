@@ -38,9 +38,9 @@ class RenderOptions:
 
 
 # Encoder effort, the deployment's choice (Settings), not the client's. Measured over the real-media
-# corpus (bench/README, sixth round; `make bench` sweeps both): WebP method 2 is 2.5x faster than
-# libwebp's default 4 for ~5% more bytes; AVIF speed 9 would be 2.7x faster than 8 but 12% larger, as
-# large as WebP, and size is what AVIF is asked for.
+# corpus (bench/README; `make bench` sweeps both): WebP method 2 is much faster than libwebp's default
+# 4 for a few percent more bytes; AVIF speed 9 would be faster than 8 but as large as WebP, and size is
+# what AVIF is asked for.
 DEFAULT_WEBP_METHOD = 2
 DEFAULT_AVIF_SPEED = 8
 

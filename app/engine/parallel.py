@@ -3,11 +3,11 @@ across the cores a grab may use. numpy, libjpeg-turbo and FFmpeg's filters let g
 parts really run side by side.
 
 Where the thread asking for help runs matters: Linux often wakes a helper on the waker's own core
-(measured on 2-core VMs after a frame-threaded decode: about half of the grabs), where it waits for
-the waker's share to finish, and the "parallel" step takes as long as doing it alone (1080p JPEG:
-5-6 ms instead of 3). So before each hand-off the helpers are kept off the asking thread's current
-core (their CPU affinity: every allowed core but that one), which costs a few syscalls only when the
-asker has moved. Where affinity cannot be set (not Linux, a single allowed core), nothing changes.
+(measured on 2-core VMs after a frame-threaded decode: about half of the grabs), where it waits for the
+waker's share to finish, and the "parallel" step takes as long as doing it alone. So before each
+hand-off the helpers are kept off the asking thread's current core (their CPU affinity: every allowed
+core but that one), which costs a few syscalls only when the asker has moved. Where affinity cannot be
+set (not Linux, a single allowed core), nothing changes.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Order of operations (the order matters, and is AVAssetImageGenerator's):
 
 Colour conversion (matrix, range, chroma upsampling, HDR tone mapping) is in ``colour``; swscale does
 the conversion and, on the common path, the resampling of steps 2 and 4 in the same pass (cheaper than
-converting at full size and resizing in Pillow: 1080p -> 640x360 is ~6 ms in swscale against ~18 ms
-for a Pillow resize alone). Orientation is applied afterwards with a lossless Pillow transpose.
+converting at full size and resizing in Pillow, and cheaper than a Pillow resize alone). Orientation is
+applied afterwards with a lossless Pillow transpose.
 
 About the apertures in FFmpeg terms: libavcodec already applies the *bitstream* cropping (H.264/HEVC
 SPS conformance window, AV1 render size...) when decoding (``apply_cropping`` defaults to on), so the
@@ -28,14 +28,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import av
 import numpy as np
 from av.video.reformatter import ColorRange, Interpolation
 from PIL import Image, ImageColor
 
-from app.engine import colour
+import app.engine.colour as colour
 from app.engine.errors import EngineError, InvalidParameter
 from app.engine.options import RenderOptions
 
@@ -43,12 +43,11 @@ DEFAULT_MAX_OUTPUT_PIXELS = 7680 * 4320
 
 # Bicubic with accurate rounding and full horizontal chroma interpolation: the same result as the
 # ffmpeg CLI's ``scale=flags=bicubic+accurate_rnd+full_chroma_int`` (bit-identical in tests). swscale's
-# default (bilinear, fast path) is 10-20x faster at full size but shares one chroma sample between two
-# output pixels, which smears coloured edges (30 dB PSNR on colour bars against 49 dB); at 1080p the
-# accurate path costs ~17 ms (full size) or ~6 ms when downscaling to 640 wide.
+# default (bilinear, fast path) is much faster at full size but shares one chroma sample between two
+# output pixels, which smears coloured edges (30 dB PSNR on colour bars against 49 dB).
 SCALE_FLAGS = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 # Same size, 8-bit out: the filter only upsamples chroma, where bilinear matches bicubic's colours
-# (the colour tests hold) at two thirds of the time (12 vs 19 ms for a 1080p frame).
+# (the colour tests hold) in less time.
 SAME_SIZE_FLAGS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 _RESAMPLE = Image.Resampling.BICUBIC
 
@@ -390,16 +389,22 @@ def _clean_region(clean_aperture: Sequence[int], width: int, height: int) -> tup
     return (left, top, width - right, height - bottom)
 
 
+class Planning(TypedDict, total=False):
+    """What ``plan_frame`` takes besides the frame and the options (see there): ``render_frame`` passes it on."""
+
+    stream: Any
+    max_output_pixels: int
+    clean_aperture: Sequence[int] | None
+    metadata: FrameMetadata | None
+
+
 def render_frame(
     frame: av.VideoFrame,
     options: RenderOptions,
     *,
-    stream: Any = None,
-    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-    clean_aperture: Sequence[int] | None = None,
-    metadata: FrameMetadata | None = None,
     plan: tuple[Layout, tuple[int, int, int, int] | None] | None = None,
     threads: int = 1,
+    **planning: Unpack[Planning],
 ) -> Image.Image:
     """The frame as an RGB picture, oriented, with square pixels, sized and tone-mapped per ``options``.
 
@@ -411,15 +416,8 @@ def render_frame(
     arguments, if the caller has it already; ``threads``: cores swscale and HDR tone mapping may use. Raises
     ``EngineError`` ``invalid_parameter`` for bad options or an output over ``max_output_pixels``.
     """
-    metadata = metadata or FrameMetadata.of(frame)
-    layout, region = plan or plan_frame(
-        frame,
-        options,
-        stream=stream,
-        max_output_pixels=max_output_pixels,
-        clean_aperture=clean_aperture,
-        metadata=metadata,
-    )
+    metadata = planning["metadata"] = planning.get("metadata") or FrameMetadata.of(frame)
+    layout, region = plan or plan_frame(frame, options, **planning)
     if region is None:
         image = _to_rgb(frame, layout.scale_to, options.dynamic_range, metadata.side_data, threads)
     else:

@@ -12,8 +12,7 @@ matrix ``Ms`` (BT.709, BT.601, BT.2020... exactly as ``colour.yuv_matrix`` picks
 decoder must get back ``RGB = Ms^-1 (Y, Pb, Pr)``, so we write ``(Y', Pb', Pr') = M601 Ms^-1 (Y, Pb,
 Pr)`` at the format's range, one chroma sample per 2x2 block of luma. FFmpeg's ``colorspace`` filter
 makes exactly that map (its YUV-to-YUV mode, in SIMD, when primaries and transfer stay as they are):
-0.3 ms for a 1080p picture on one core, where numpy took 1.5 ms, and within half a code of the exact
-result.
+several times faster than the same map in numpy, and within half a code of the exact result.
 
 Used when it gives the same picture: YUV without alpha at any depth or chroma layout (swscale brings it
 to 8-bit 4:2:0), no HDR tone mapping, and a layout that is the frame at its own (even) size plus an optional
@@ -36,7 +35,7 @@ from av.filter import Graph
 from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
-from app.engine import colour
+import app.engine.colour as colour
 from app.engine.parallel import in_parallel
 from app.engine.render import SCALE_FLAGS, Layout
 
@@ -54,10 +53,10 @@ _BT601 = int(Colorspace.ITU601)  # the matrix of JFIF (full range) and of VP8 (l
 _YUV_FAMILIES = ("yuv", "nv", "p0", "p2", "p4")  # yuv4xxp*, nv12/nv21/nv16..., p010/p016/p210/p410...
 
 # What the colorspace filter converts as it is: 4:2:0 at 8, 10 and 12 bits (into 8: one rounding, where
-# swscale's pass to 8 bits first would dither, then the filter round again: 4K 10-bit 5.7 -> 1.0 ms).
+# swscale's pass to 8 bits first would dither, then the filter round again, at several times the cost).
 _FILTER_INPUTS = ("yuv420p", "yuv420p10le", "yuv420p12le")
 
-_MIN_HALF_ROWS = 256  # a picture under two halves of this encodes whole (~1 ms: not worth a hand-off)
+_MIN_HALF_ROWS = 256  # a picture under two halves of this encodes whole (too quick to be worth a hand-off)
 
 
 class _Conversion:
@@ -272,10 +271,10 @@ def encode_jpeg(frame: av.VideoFrame, layout: Layout, quality: int, *, threads: 
     """The JPEG of ``frame`` per ``layout`` (check ``can_encode`` first), and when (``perf_counter``) this
     thread was done converting.
 
-    On two cores or more, a big picture that is not turned is converted *and* encoded half by half, each
-    half on its own core, with no wait between the two steps (a 1080p keyframe, measured right after its
-    decode: 2.95 -> 2.7 ms). The bytes are those of ``encode_planes(jfif_frame_planes(...))``: the
-    conversion works per 2x2 block, and the halves are cut where ``encode_planes`` cuts them."""
+    On two cores or more, a big picture that is not turned is converted *and* encoded half by half,
+    each half on its own core, with no wait between the two steps. The bytes are those of
+    ``encode_planes(jfif_frame_planes(...))``: the conversion works per 2x2 block, and the halves are
+    cut where ``encode_planes`` cuts them."""
     source = _source(frame, threads)
     split = _split(frame.height, frame.width)
     if threads > 1 and split is not None and layout.transpose is None:
@@ -302,8 +301,8 @@ def encode_webp(
 ) -> tuple[bytes, float]:
     """The lossy WebP of ``frame`` per ``layout`` (check ``can_encode`` first) from its planes in VP8's
     YCbCr (BT.601, limited range), and when (``perf_counter``) the conversion was done. libwebp through
-    FFmpeg: the library Pillow's WebP encodes with, handed the planes instead of RGB (a 1080p frame in
-    26 ms where the RGB path takes 46, and 1 dB closer to the rendered frame). ``method``: libwebp's
+    FFmpeg: the library Pillow's WebP encodes with, handed the planes instead of RGB (in little more
+    than half the time of the RGB path, and 1 dB closer to the rendered frame). ``method``: libwebp's
     effort, 0 (fastest) to 6."""
     converted = _source(frame, threads, full_range_out=False).converted(threads=threads)
     if layout.transpose is not None:

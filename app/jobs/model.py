@@ -1,8 +1,9 @@
 """Jobs as data: a job, its per-time results, its events, and the errors with stable codes.
 
 Nothing here knows about HTTP or SQLite; the store persists these, the runner fills them in, the API
-shows them. A job's events (one per requested time, then one final ``job.completed``) are numbered
-from 1 per job: the number is the SSE event id and part of the webhook id, so both are stable.
+shows them (the errors' codes are in :data:`app.errors.PROBLEM_CODES`). A job's events (one per
+requested time, then one final ``job.completed``) are numbered from 1 per job: the number is the SSE
+event id and part of the webhook id, so both are stable.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
+from app.errors import ProblemError
+
 JobStatus = Literal["queued", "running", "completed", "cancelled", "failed"]
 ResultStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled", "failed"})
@@ -18,33 +21,9 @@ TERMINAL: frozenset[str] = frozenset({"completed", "cancelled", "failed"})
 FRAME_EVENTS = {"succeeded": "frame.succeeded", "failed": "frame.failed", "cancelled": "frame.cancelled"}
 JOB_COMPLETED = "job.completed"
 
-# code -> (HTTP status, title): the job API's own problems (the engine's are in app/engine/errors.py).
-JOB_ERROR_CODES: dict[str, tuple[int, str]] = {
-    "job_not_found": (404, "Job not found"),
-    "result_not_found": (404, "Result not found"),
-    "result_pending": (409, "Result not produced yet"),
-    "idempotency_key_reused": (422, "Idempotency key reused with another request"),
-    "shutting_down": (503, "Shutting down"),
-}
 
-
-class JobError(Exception):
+class JobError(ProblemError):
     """A job-level failure with a stable code (turned into an RFC 9457 problem by the API)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        if code not in JOB_ERROR_CODES:
-            raise ValueError(f"unknown job error code {code!r}")
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-    @property
-    def status(self) -> int:
-        return JOB_ERROR_CODES[self.code][0]
-
-    @property
-    def title(self) -> str:
-        return JOB_ERROR_CODES[self.code][1]
 
 
 @dataclass(frozen=True)
@@ -53,7 +32,7 @@ class JobSpec:
 
     url: str
     times: tuple[str, ...]
-    params: dict[str, Any]  # RenderParams as JSON, with ``format`` resolved
+    params: dict[str, Any]  # GrabParams as JSON, with ``format`` resolved
     base_url: str  # where the API was reached, for absolute image URLs in events and webhooks
     callback_url: str | None = None
     callback_include_image: bool = False

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import signal
 import time
@@ -24,15 +25,15 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 from app.config import Settings
+from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult
 from app.engine.options import GrabOptions
 from app.engine.timeparse import parse_time
 from app.jobs.model import Job, JobError, JobEvent, JobSpec, JobStatus, ResultRecord
 from app.jobs.store import JobStore
 from app.jobs.webhooks import WebhookDispatcher
 from app.pool.base import DecoderPool, GrabTask
-from app.schemas import RenderParams
+from app.schemas import GrabParams
 
 log = logging.getLogger("stillframe.jobs")
 
@@ -41,20 +42,6 @@ _QUEUE_FULL_PAUSE = 0.5
 _CHUNK = 50  # times per pool task
 _MIN_LANE_TIMES = 20  # fewer times than this per lane are not worth a second worker opening the asset
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/avif": "avif"}
-
-
-def problem_of(error: EngineError) -> dict[str, Any]:
-    """The RFC 9457 problem for an engine error, as stored with a failed time."""
-    problem: dict[str, Any] = {
-        "type": f"/problems/{error.code}",
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-        "code": error.code,
-    }
-    if error.parameter:
-        problem["parameter"] = error.parameter
-    return problem
 
 
 class JobQueue(Protocol):
@@ -97,8 +84,6 @@ class JobEvents:
 
 
 def request_hash(spec_fields: dict[str, Any]) -> str:
-    import json
-
     return hashlib.sha256(json.dumps(spec_fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -252,7 +237,7 @@ class JobRunner:
         except Exception:
             log.exception("job %s failed unexpectedly", job_id)
             with contextlib.suppress(Exception):
-                error = problem_of(EngineError("decode_failed", "the job failed unexpectedly"))
+                error = EngineError("decode_failed", "the job failed unexpectedly").problem()
                 await self._fail_pending(job_id, error)
                 self._published(job_id, [await self.store.finish(job_id, "failed", error)])
         finally:
@@ -262,7 +247,7 @@ class JobRunner:
         job = await self.store.get(job_id)
         if job is None or job.terminal or not await self.store.mark_running(job_id):
             return
-        options = RenderParams(**job.params).grab_options()
+        options = GrabParams(**job.params).grab_options()
         # A long job is cut into contiguous spans of its times, one lane per decoder worker, decoded side
         # by side: each lane is one forward pass over its span, so the cores share the decode instead of
         # one doing it all (the span boundary costs at most one GOP decoded twice).
@@ -277,7 +262,7 @@ class JobRunner:
         status: JobStatus = "completed"
         error = None
         if whole_error is not None:
-            error = problem_of(whole_error)
+            error = whole_error.problem()
             await self._fail_pending(job_id, error)
             current = await self.store.get(job_id)
             if current is not None and not current.counts.get("succeeded"):
@@ -334,7 +319,7 @@ class JobRunner:
     async def _record(self, job: Job, index: int, item: FrameResult | FrameFailure) -> None:
         if isinstance(item, FrameFailure):
             record = ResultRecord(
-                index=index, requested=job.times[index], status="failed", problem=problem_of(item.error)
+                index=index, requested=job.times[index], status="failed", problem=item.error.problem()
             )
         else:
             extension = _EXTENSIONS.get(item.content_type, "img")

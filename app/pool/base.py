@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from app.engine.generator import FrameFailure, FrameResult
+from app.engine import FrameFailure, FrameResult
 from app.engine.options import GrabOptions
 
 TaskKind = Literal["grab", "info", "info_keyframes"]

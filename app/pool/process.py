@@ -36,8 +36,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import Settings
+from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
-from app.engine.generator import FrameFailure, FrameResult
+from app.metrics import GRAB_SECONDS, STAGE_SECONDS, WORKER_RESTARTS, PoolState, record_timings
 from app.pool.base import GrabTask
 from app.pool.worker import worker_main
 
@@ -49,48 +50,49 @@ _CONTEXT = multiprocessing.get_context("spawn")  # no fork of a threaded, event-
 
 
 @dataclass
-class _Task:
-    """One caller's task, from submission to its last result."""
+class _Request:
+    """One caller's grab (a ``GrabTask``), from submission to its last result."""
 
     id: int
-    task: GrabTask
+    grab: GrabTask
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     answered: bool = False  # a result or an error went to the caller
-    outstanding: int = -1  # times not yet answered (set from the task)
+    outstanding: int = -1  # times not yet answered (set from the grab)
     solo: bool = False  # back from a failed coalesced pass: runs on its own
+    submitted: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.outstanding = len(self.task.times)
+        self.outstanding = len(self.grab.times)
 
-    def coalesces_with(self, other: _Task) -> bool:
+    def coalesces_with(self, other: _Request) -> bool:
         return (
             not self.solo
             and not other.solo
             and not other.cancelled
-            and len(self.task.times) == 1
-            and len(other.task.times) == 1
-            and self.task.affinity == other.task.affinity
-            and self.task.kind == other.task.kind == "grab"
-            and self.task.options == other.task.options
+            and len(self.grab.times) == 1
+            and len(other.grab.times) == 1
+            and self.grab.affinity == other.grab.affinity
+            and self.grab.kind == other.grab.kind == "grab"
+            and self.grab.options == other.grab.options
         )
 
 
 @dataclass
 class _Run:
-    """What a worker is running: one task, or several one-time grabs coalesced into one pass (the
-    pass's time ``i`` is member ``i``'s)."""
+    """What a worker is running: one request's grab, or several one-time grabs coalesced into one pass
+    (``grab``, whose time ``i`` is member ``i``'s)."""
 
     id: int
-    members: list[_Task]
-    task: GrabTask
+    members: list[_Request]
+    grab: GrabTask
     last_progress: float = 0.0
 
     @property
     def coalesced(self) -> bool:
         return len(self.members) > 1
 
-    def member_for(self, index: int) -> _Task | None:
+    def member_for(self, index: int) -> _Request | None:
         if not self.coalesced:
             return self.members[0]
         return self.members[index] if 0 <= index < len(self.members) else None
@@ -111,9 +113,11 @@ class _Worker:
         self.slot = slot
         self.process: Any = None
         self.conn: Connection | None = None
-        self.backlog: deque[_Task] = deque()
+        self.backlog: deque[_Request] = deque()
         self.running: _Run | None = None
         self.ready = False
+        self.retiring = False  # said "retire": its exit is a recycling, not a crash
+        self.open_assets = 0  # as it last reported
         self.send_lock = threading.Lock()
 
     @property
@@ -165,19 +169,30 @@ class ProcessDecoderPool:
                 await asyncio.to_thread(worker.process.join, max(0.1, deadline - time.monotonic()))
                 if worker.process.is_alive():
                     worker.process.kill()
-            for task in [*worker.backlog, *(worker.running.members if worker.running else [])]:
-                task.queue.put_nowait(("error", EngineError("decode_failed", "the service is shutting down")))
+            for request in [*worker.backlog, *(worker.running.members if worker.running else [])]:
+                request.queue.put_nowait(("error", EngineError("decode_failed", "the service is shutting down")))
 
     def ready(self) -> bool:
         return not self._stopping and any(w.ready for w in self._workers)
+
+    def state(self) -> PoolState:
+        """Queue depth, busy and alive workers and open assets, for ``/metrics``."""
+        workers = self._workers
+        return PoolState(
+            queued=sum(len(w.backlog) for w in workers),
+            busy=sum(1 for w in workers if w.running is not None),
+            alive=sum(1 for w in workers if w.ready),
+            workers=len(workers),
+            open_assets=sum(w.open_assets for w in workers),
+        )
 
     def _spawn(self, worker: _Worker) -> None:
         # glibc gives every thread its own 64 MiB malloc arena: under the worker's address-space cap
         # that runs out long before memory does. The child reads this at start-up (spawn inherits it).
         os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         # Two one-way pipes, not one socket pair: a pipe can be widened (see _widen), a socket's buffer
-        # stops at ~208 KiB unprivileged, and a 1080p JPEG over that took a second round trip between
-        # the processes (+0.3 ms a grab).
+        # stops at ~208 KiB unprivileged, and a 1080p JPEG over that takes a second round trip between
+        # the processes.
         tasks, commands = _CONTEXT.Pipe(duplex=False)  # (read end, write end)
         results, replies = _CONTEXT.Pipe(duplex=False)
         _widen(results)
@@ -192,6 +207,7 @@ class ProcessDecoderPool:
         tasks.close()
         replies.close()
         worker.process, worker.conn, worker.ready = process, commands, False
+        worker.retiring, worker.open_assets = False, 0
         threading.Thread(
             target=self._read, args=(worker, results, process), name=f"pool-reader-{worker.slot}", daemon=True
         ).start()
@@ -211,16 +227,19 @@ class ProcessDecoderPool:
             raise EngineError("queue_full", "the service is shutting down")
         if self._in_flight >= self.settings.queue_limit:
             raise EngineError("queue_full", "too many decodes queued; retry shortly")
-        entry = _Task(next(self._ids), task)
+        request = _Request(next(self._ids), task)
         self._in_flight += 1
         self.submitted += 1
         worker = self._choose(task.affinity)
-        worker.backlog.append(entry)
+        worker.backlog.append(request)
         self._pump(worker)
+        single = len(task.times) == 1
         try:
             while True:
-                kind, *payload = await entry.queue.get()
+                kind, *payload = await request.queue.get()
                 if kind == "item":
+                    if single:
+                        GRAB_SECONDS.observe(time.monotonic() - request.submitted)
                     yield payload[0]
                 elif kind == "error":
                     raise payload[0]
@@ -228,7 +247,7 @@ class ProcessDecoderPool:
                     return
         finally:
             self._in_flight -= 1
-            self._cancel(entry)
+            self._cancel(request)
 
     def _choose(self, affinity: str) -> _Worker:
         preferred = self._affinity.get(affinity)
@@ -246,36 +265,38 @@ class ProcessDecoderPool:
     def _pump(self, worker: _Worker) -> None:
         """Hand the worker its next task if it is idle and ready."""
         while worker.running is None and worker.ready and worker.backlog:
-            entry = worker.backlog.popleft()
-            if entry.cancelled:
+            request = worker.backlog.popleft()
+            if request.cancelled:
                 continue
-            members = [entry, *self._take_coalescable(entry)]
+            members = [request, *self._take_coalescable(request)]
             if len(members) == 1:
-                run = _Run(entry.id, members, entry.task)
+                run = _Run(request.id, members, request.grab)
             else:
-                times = tuple(member.task.times[0] for member in members)
+                times = tuple(member.grab.times[0] for member in members)
                 run = _Run(
-                    next(self._ids), members, GrabTask(entry.task.url, times, entry.task.options, entry.task.lane)
+                    next(self._ids), members, GrabTask(request.grab.url, times, request.grab.options, request.grab.lane)
                 )
             threads = self._decode_threads(worker)
             worker.running = run
             run.last_progress = time.monotonic()
-            if not worker.send(("run", run.id, run.task, threads)):
+            if not worker.send(("run", run.id, run.grab, threads)):
                 worker.running = None
                 worker.backlog.extendleft(reversed(members))
                 return
+            for member in members:
+                STAGE_SECONDS.labels("queue").observe(run.last_progress - member.submitted)
             self.coalesced += len(members) - 1
 
-    def _take_coalescable(self, entry: _Task) -> list[_Task]:
-        """The grabs still waiting (in any worker's backlog) that can share ``entry``'s pass."""
-        taken: list[_Task] = []
-        if entry.solo or len(entry.task.times) != 1:
+    def _take_coalescable(self, request: _Request) -> list[_Request]:
+        """The grabs still waiting (in any worker's backlog) that can share ``request``'s pass."""
+        taken: list[_Request] = []
+        if request.solo or len(request.grab.times) != 1:
             return taken
         for worker in self._workers:
             for other in list(worker.backlog):
                 if len(taken) + 1 >= _COALESCE_MAX:
                     return taken
-                if entry.coalesces_with(other):
+                if request.coalesces_with(other):
                     worker.backlog.remove(other)
                     taken.append(other)
         return taken
@@ -291,20 +312,20 @@ class ProcessDecoderPool:
         idle = sum(1 for w in self._workers if w is not worker and w.ready and w.running is None and not w.backlog)
         return wanted if idle >= wanted - 1 else 1
 
-    def _cancel(self, entry: _Task) -> None:
-        if entry.cancelled:
+    def _cancel(self, request: _Request) -> None:
+        if request.cancelled:
             return
-        entry.cancelled = True
+        request.cancelled = True
         for worker in self._workers:
             run = worker.running
-            if run is not None and entry in run.members:
+            if run is not None and request in run.members:
                 # Nobody left waiting for this pass, and it has work left (a grab whose one image came
                 # is over: its caller leaving is no reason to message the worker)
                 if all(member.cancelled for member in run.members) and any(m.outstanding for m in run.members):
                     self.stopped += 1
                     worker.send(("cancel", run.id))
-            elif entry in worker.backlog:
-                worker.backlog.remove(entry)
+            elif request in worker.backlog:
+                worker.backlog.remove(request)
 
     # ------------------------------------------------------------------ events from workers
 
@@ -329,7 +350,7 @@ class ProcessDecoderPool:
             self._pump(worker)
             return
         if kind == "retire":  # it exits after this task: nothing more goes to it; its exit respawns it
-            worker.ready = False
+            worker.ready, worker.retiring = False, True
             log.info("decoder %s (pid %s) retires: memory over worker_recycle_rss", worker.slot, message[1])
             return
         run = worker.running
@@ -338,6 +359,8 @@ class ProcessDecoderPool:
         run.last_progress = time.monotonic()
         if kind == "item":
             item = message[2]
+            if isinstance(item, FrameResult):
+                record_timings(item.timings)
             member = run.member_for(item.index)
             if member is not None:
                 member.outstanding -= 1
@@ -347,6 +370,8 @@ class ProcessDecoderPool:
         elif kind == "error":
             self._fail(worker, run, message[2])
         elif kind == "done":
+            if len(message) > 2:
+                worker.open_assets = message[2]
             for member in run.members:
                 member.queue.put_nowait(("done",))
             worker.running = None
@@ -392,6 +417,7 @@ class ProcessDecoderPool:
                 worker.conn.close()
         worker.conn, worker.ready = None, False
         if not self._stopping:
+            WORKER_RESTARTS.labels(_exit_cause(worker, process, reason)).inc()
             self._spawn(worker)  # the backlog waits for the replacement's "ready"
 
     async def _watch(self) -> None:
@@ -406,3 +432,14 @@ class ProcessDecoderPool:
                     log.warning("decoder %s (pid %s): task over its deadline, killing it", worker.slot, process.pid)
                     process.kill()
                     self._on_exit(worker, process, EngineError("decode_timeout", "decoding took longer than allowed"))
+
+
+def _exit_cause(worker: _Worker, process: Any, reason: EngineError | None) -> str:
+    """Why a decoder process went, for ``stillframe_pool_worker_restarts``."""
+    if process.exitcode == -signal.SIGXCPU:
+        return "cpu_limit"
+    if reason is not None and reason.code == "decode_timeout":
+        return "timeout"  # killed by the watchdog
+    if worker.retiring:
+        return "recycled"
+    return "crash"

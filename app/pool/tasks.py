@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from app.config import Settings
-from app.engine.generator import ImageGenerator
+from app.engine import ImageGenerator
 from app.engine.info import AssetInfo, describe
 from app.engine.options import GrabOptions, SourceLimits
 from app.engine.sources import resolve_source
@@ -18,7 +18,7 @@ from app.pool.base import GrabTask
 
 def run_asset_task(task: GrabTask, settings: Settings, limits: SourceLimits, threads: int) -> AssetInfo:
     """The one answer of a non-grab task (``task.kind``); raises EngineError."""
-    source = resolve_source(task.url, settings)
+    source = resolve_source(task.url, settings.source_policy())
     with ImageGenerator(
         source,
         GrabOptions(stream=task.options.stream),
