@@ -8,12 +8,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.options import DEFAULT_AVIF_SPEED, DEFAULT_WEBP_METHOD
 from app.engine.sources import SourcePolicy
 from app.net.policy import FetchPolicy, IPNetwork
+from app.pool.memory import default_memory_limit, parse_bytes, plan_memory
 
 
 def _split_list(value: object) -> object:
@@ -51,6 +52,15 @@ class Settings(BaseSettings):
         default=DEFAULT_AVIF_SPEED, ge=0, le=10, description="libavif speed, 0 (smallest) to 10 (fastest)."
     )
 
+    # The memory budget (app/pool/memory.py): the decoder count, each decoder's resident ceiling and its
+    # open assets' bytes, and the image cache are sized from it unless set explicitly.
+    memory_limit: int = Field(
+        default_factory=default_memory_limit,
+        gt=0,
+        description="Memory the whole service may take (bytes, or e.g. `1.5GiB`); default: the container's "
+        "cgroup limit, else half the machine.",
+    )
+
     # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Decoder processes.")
     decode_threads: int = Field(
@@ -63,6 +73,11 @@ class Settings(BaseSettings):
     decode_timeout: float = Field(default=30.0, gt=0, description="Seconds a task may go without producing a frame.")
     queue_limit: int = Field(default=64, ge=1, description="Tasks queued or running; past it the API answers 429.")
     open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")
+    open_asset_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Estimated bytes the assets each worker keeps open may hold (LRU); default: from memory_limit.",
+    )
     worker_memory_limit: int = Field(default=4 * 1024**3, description="Address-space cap of a decoder process.")
     worker_recycle_rss: int = Field(
         default=1024**3,
@@ -116,6 +131,32 @@ class Settings(BaseSettings):
         """What sources may read, from these settings: the media root and the fetch policy."""
         media_root = None if self.media_root is None else os.fspath(self.media_root)
         return SourcePolicy(fetch=self.fetch_policy(), media_root=media_root)
+
+    @field_validator("memory_limit", "open_asset_bytes", "worker_recycle_rss", "image_cache_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, value: object) -> object:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _apply_memory_budget(self) -> Settings:
+        """What was not set explicitly is sized from ``memory_limit``."""
+        chosen = self.model_fields_set
+        plan = plan_memory(
+            self.memory_limit,
+            workers=self.workers,
+            image_cache_bytes=self.image_cache_bytes,
+            queue_limit=self.queue_limit,
+            fit_workers="workers" not in chosen,
+        )
+        self.workers = plan.workers
+        self.image_cache_bytes = plan.image_cache_bytes
+        # (a decoder's pages can never pass half its address-space cap: a larger share would go unused)
+        ceiling = self.worker_memory_limit // 2
+        if "worker_recycle_rss" not in chosen:
+            self.worker_recycle_rss = min(plan.worker_bytes, ceiling)
+        if "open_asset_bytes" not in chosen:
+            self.open_asset_bytes = min(plan.asset_bytes, ceiling)
+        return self
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

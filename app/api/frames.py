@@ -72,10 +72,15 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
         "source_too_long",
         "source_too_many_streams",
         "queue_full",
+        "overloaded",
         "rate_limited",
         "source_unreachable",
         "decode_timeout",
-        notes={401: "API keys configured, none or a wrong one given", 429: "with `Retry-After`"},
+        notes={
+            401: "API keys configured, none or a wrong one given",
+            429: "with `Retry-After`",
+            503: "at the memory limit, with `Retry-After`",
+        },
     ),
 }
 

@@ -24,4 +24,5 @@ async def readyz(request: Request) -> Any:
     pool = getattr(request.app.state, "pool", None)
     if pool is None or not pool.ready():
         return JSONResponse({"status": "not ready", "reason": "no decoder process is ready"}, status_code=503)
-    return {"status": "ready", "ffmpeg": av.ffmpeg_version_info}
+    memory = {**pool.memory(), "image_cache_bytes": request.app.state.image_cache.size_bytes}
+    return {"status": "ready", "ffmpeg": av.ffmpeg_version_info, "memory": memory}
