@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -204,13 +205,14 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-_CORPUS = ["h264_long_6min_longgop.mp4", "phone_4k60_rot90_vfr.mp4", "hevc_bframes.mp4", "vp9_profile2_10bit.webm"]
+# Real files of other kinds (10-bit VP9, HEVC with B-frames, 1080p MPEG-2), short enough to grab often.
+_CORPUS = ["hevc_bframes.mp4", "vp9_profile2_10bit.webm", "ts_mpeg2_1080p.ts"]
 
 
 def test_a_live_server_stays_inside_a_small_budget_under_mixed_load(tmp_path: Path) -> None:
     """Eight clients, mixed grabs (exact and keyframe, sizes, formats, some bad sources) over several
-    files at a 1 GiB budget on 2 decoders: the process tree is never over the limit, its memory
-    levels off over the second half, every grab is answered, and none with a 5xx."""
+    files at the issue's 1.5 GiB budget on 2 decoders: the process tree is never over the limit, its
+    memory levels off once warm (the second half), every grab is answered, and none with a 5xx."""
     make_h264_clip(tmp_path / "a.mp4", size="1280x720", rate=25, seconds=8, gop=50)
     make_h264_clip(tmp_path / "b.mp4", size="640x360", rate=30, seconds=8, gop=250)
     make_clip(tmp_path / "c.webm", codec="vp9", size=(640, 360), frames=120, gop=30)
@@ -219,16 +221,16 @@ def test_a_live_server_stays_inside_a_small_budget_under_mixed_load(tmp_path: Pa
     names = ["a.mp4", "b.mp4", "c.webm", "d.mkv"]
     for name in _CORPUS:
         if (MEDIA / name).is_file():
-            (tmp_path / name).symlink_to(MEDIA / name)
+            shutil.copyfile(MEDIA / name, tmp_path / name)  # (a link out of the media root is refused)
             names.append(name)
-    limit = GiB
+    limit = 1536 * MiB
     env = {
         "STILLFRAME_MEDIA_ROOT": str(tmp_path),
         "STILLFRAME_MEMORY_LIMIT": str(limit),
         "STILLFRAME_WORKERS": "2",
         "STILLFRAME_DATA_DIR": str(tmp_path / "data"),
     }
-    seconds, samples, statuses = 30.0, [], []
+    seconds, samples, statuses = 40.0, [], []
     lock = threading.Lock()
     with live_server(env) as server:
         stop = time.monotonic() + seconds
@@ -258,11 +260,12 @@ def test_a_live_server_stays_inside_a_small_budget_under_mixed_load(tmp_path: Pa
         for thread in threads:
             thread.join()
         ready = httpx.get(f"{server.base_url}/readyz").json()
+    print(f"{len(statuses)} grabs; tree peak {max(samples) / MiB:.0f} MiB; {ready['memory']}")
     assert statuses and not [s for s in statuses if s >= 500], sorted(set(statuses))
     assert sum(s == 200 for s in statuses) > len(statuses) * 0.8
     assert max(samples) < limit, f"tree at {max(samples) / MiB:.0f} MiB over the {limit / MiB:.0f} MiB limit"
-    half = len(samples) // 2
-    second = samples[half:]
-    growth = (max(second[-len(second) // 4 :]) - max(second[: len(second) // 4])) / max(second[: len(second) // 4])
-    assert growth < 0.1, f"the tree grew {growth:.0%} over the second half"
+    second = samples[len(samples) // 2 :]
+    early, late = max(second[: len(second) // 3]), max(second[-len(second) // 3 :])
+    growth = (late - early) / early
+    assert growth < 0.1, f"the tree grew {growth:.0%} over the second half ({early / MiB:.0f} -> {late / MiB:.0f} MiB)"
     assert ready["memory"]["resident_bytes"] < limit
