@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import media, report, scenarios
+from bench import media, report, scenarios, soak
 from bench.client import client_overhead
 from bench.servers import Origin, Stillframe, process_tree, rss_bytes
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "throughput", "profile")
+SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "throughput", "profile", "soak")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  (fresh server for throughput, ready in {server.start_seconds:.2f} s)")
             t0 = time.perf_counter()
             try:
-                results["scenarios"][name] = getattr(scenarios, f"scenario_{name}")(ctx)
+                run = soak.scenario_soak if name == "soak" else getattr(scenarios, f"scenario_{name}")
+                results["scenarios"][name] = run(ctx)
             except Exception as exc:  # one broken scenario must not lose the others' numbers
                 traceback.print_exc()
                 results["scenarios"][name] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -254,3 +254,21 @@ def test_formats_scenario_encodes_every_format(bench_run: _Run) -> None:
     assert {row["format"] for row in rows} == {"jpeg", "webp", "avif"}
     assert sum(row["default"] for row in rows) == 3  # one row per format is the server's default setting
     assert all(row["bytes"] > 0 and row["psnr_db_median"] > 25 for row in rows)
+
+
+def test_soak_scenario_runs_under_a_budget_and_without_one(bench_run: _Run) -> None:
+    """The soak, a few seconds per run: the budgeted server answers without a 5xx and its tree stays
+    under the limit; the unbudgeted and the 2 GiB container runs report the same numbers."""
+    from dataclasses import replace
+
+    from bench import soak
+
+    ctx = replace(bench_run.ctx, cfg=replace(bench_run.ctx.cfg, soak_seconds=3.0))
+    out = soak.scenario_soak(ctx)
+    for run in ("limited", "unlimited", "container_2GiB_2cores"):
+        block = out[run]
+        assert block["statuses"].get("200", 0) > 0, block["statuses"]
+        assert block["server_errors"] == 0, block["statuses"]
+        assert block["tree_peak_mib"] > 0 and block["memory_at_end"]["limit_bytes"] > 0
+    assert not out["tree_peak_over_limit"]
+    assert out["throughput_vs_unlimited"] > 0
