@@ -24,6 +24,7 @@ GRAB_WORKING_BYTES = 256 * MiB  # the heap a decoder's grabs of mixed sizes and 
 MIN_ASSET_BYTES = 32 * MiB  # open assets a decoder may keep at least (one 1080p H.264 asset)
 MIN_WORKER_BYTES = WORKER_BASE_BYTES + GRAB_WORKING_BYTES + MIN_ASSET_BYTES
 IMAGE_CACHE_SHARE = 16  # the image cache takes at most 1/16 of the budget
+RESERVE_SHARE = 16  # 1/16 is left to what no process's RSS shows (page tables, socket and pipe buffers)
 DEFAULT_MACHINE_SHARE = 2  # with no cgroup limit: half the machine
 
 _UNITS = {
@@ -103,12 +104,12 @@ def plan_memory(
     """Split ``limit`` between the API process and as many of ``workers`` decoder processes as fit.
 
     The image cache gets at most its share of the budget (and no more than asked); each decoder gets an
-    equal part of the rest, at least ``MIN_WORKER_BYTES`` (fewer processes where that does not fit:
+    equal part of the rest, less a reserve, at least ``MIN_WORKER_BYTES`` (fewer processes where that does not fit:
     one at least, whatever the budget); with ``fit_workers`` false (an operator chose the count), exactly
     ``workers``."""
     cache = min(image_cache_bytes, limit // IMAGE_CACHE_SHARE)
     api = API_BASE_BYTES + cache + queue_limit * RESULT_BYTES_IN_FLIGHT
-    for_workers = max(0, limit - api)
+    for_workers = max(0, limit - limit // RESERVE_SHARE - api)
     count = max(1, min(workers, for_workers // MIN_WORKER_BYTES)) if fit_workers else workers
     worker = max(MIN_WORKER_BYTES, for_workers // count)
     assets = max(MIN_ASSET_BYTES, worker - WORKER_BASE_BYTES - GRAB_WORKING_BYTES)
