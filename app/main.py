@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from fastapi import Depends, FastAPI
 from app import __version__
 from app.api import frames, health, jobs
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
-from app.api.cache import Coalescer, ImageCache
+from app.api.cache import Coalescer, ImageCache, shrink_under_pressure
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
@@ -35,9 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(settings, store, pool)
         await runner.start()  # resumes jobs a stopped (or killed) server left unfinished
         application.state.jobs = runner
+        shedder = asyncio.create_task(shrink_under_pressure(application.state.image_cache, pool.over_memory_budget))
         try:
             yield
         finally:
+            shedder.cancel()
             await runner.stop()  # drain: running jobs finish or are handed back
             await pool.stop()
             store.close()

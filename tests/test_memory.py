@@ -177,6 +177,24 @@ def test_overloaded_is_a_503_problem_with_retry_after(client: Any) -> None:
     assert response.json()["code"] == "overloaded"
 
 
+def test_the_image_cache_halves_while_the_service_is_over_its_budget() -> None:
+    from app.api.cache import ImageCache, shrink_under_pressure
+
+    cache = ImageCache(1 << 20)
+    for n in range(8):
+        cache.put(f"k{n}", bytes(1000), {})
+    checks = iter([True])  # over the budget once, then back under it
+
+    async def main() -> None:
+        task = asyncio.ensure_future(shrink_under_pressure(cache, lambda: next(checks, False), interval=0.01))
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(main())
+    assert cache.size_bytes == 4000  # halved once, and kept once there was room again
+    assert cache.get("k7") is not None and cache.get("k0") is None  # the least recently used went first
+
+
 def test_readyz_shows_the_memory_of_every_process(client: Any) -> None:
     assert client.get("/v1/frame", params={"url": "clip.mp4", "t": "1"}).status_code == 200
     deadline = time.monotonic() + 10

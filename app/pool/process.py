@@ -191,7 +191,7 @@ class ProcessDecoderPool:
             "shed": self.shed,
         }
 
-    def _over_memory_budget(self) -> bool:
+    def over_memory_budget(self) -> bool:
         return self._api_resident + sum(w.resident_bytes for w in self._workers) > self.settings.memory_limit
 
     def _spawn(self, worker: _Worker) -> None:
@@ -234,7 +234,7 @@ class ProcessDecoderPool:
             raise EngineError("queue_full", "the service is shutting down")
         if self._in_flight >= self.settings.queue_limit:
             raise EngineError("queue_full", "too many decodes queued; retry shortly")
-        if self._in_flight and self._over_memory_budget():
+        if self._in_flight and self.over_memory_budget():
             self.shed += 1
             raise EngineError("overloaded", "the service is at its memory limit; retry shortly")
         request = _Request(next(self._ids), task)
