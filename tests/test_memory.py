@@ -287,3 +287,18 @@ def test_a_live_server_stays_inside_a_small_budget_under_mixed_load(tmp_path: Pa
     growth = (late - early) / early
     assert growth < 0.1, f"the tree grew {growth:.0%} over the second half ({early / MiB:.0f} -> {late / MiB:.0f} MiB)"
     assert ready["memory"]["resident_bytes"] < limit
+
+
+def test_a_remote_assets_estimate_counts_its_readers_block_cache(tmp_path: Path) -> None:
+    from app.engine import ImageGenerator
+    from app.engine.sources import resolve_source
+    from app.net.blocks import DEFAULT_BLOCK_SIZE
+    from tests.http_server import LoopbackServer
+
+    clip = make_clip(tmp_path / "clip.mp4", size=(192, 108), frames=24)
+    with LoopbackServer() as server:
+        server.add_file("/clip.mp4", clip.read_bytes())
+        settings = Settings(allowed_networks="127.0.0.0/8", allowed_ports=str(server.port), media_root=tmp_path)
+        remote = resolve_source(server.url("/clip.mp4"), settings.source_policy())
+        with ImageGenerator(remote, decode_threads=1) as far, ImageGenerator(clip, decode_threads=1) as near:
+            assert far.resident_estimate - near.resident_estimate >= 8 * DEFAULT_BLOCK_SIZE

@@ -154,6 +154,11 @@ class NamedReader(io.RawIOBase):
         self._raw = raw
         self.name = display_name.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "source"
 
+    @property
+    def raw(self) -> BinaryIO:
+        """The file object read (a local file, or a remote source's block reader)."""
+        return self._raw
+
     def readable(self) -> bool:
         return True
 

@@ -173,7 +173,8 @@ class ImageGenerator:
     def resident_estimate(self) -> int:
         """Bytes this open asset holds between grabs, estimated: the decoder's reference pictures (as
         many as fit H.264's largest picture buffer, 16 at most), two more per frame thread, the keyframe
-        index and the demuxer's buffers. Calibrated against measured cost in bench/README.md."""
+        index, the demuxer's buffers and a remote reader's block cache. Calibrated against measured cost
+        in bench/README.md."""
         context = self._playhead.stream.codec_context
         pix_fmt = str(context.pix_fmt or "")
         depth = 2 if any(bits in pix_fmt for bits in ("p10", "p12", "p16")) else 1
@@ -181,7 +182,9 @@ class ImageGenerator:
         frame = max(1, int((context.width or 0) * (context.height or 0) * chroma * depth))
         references = min(_MAX_REFERENCES, max(2, _PICTURE_BUFFER_BYTES // frame))
         threads = self._playhead.decode_threads
-        return frame * (references + 2 * threads) + 8 * len(self.keyframes.index) + _DEMUXER_BYTES
+        reader = getattr(self._playhead.file, "raw", None)  # a remote source's block cache, when full
+        blocks = getattr(reader, "block_size", 0) * getattr(reader, "cache_blocks", 0)
+        return frame * (references + 2 * threads) + 8 * len(self.keyframes.index) + _DEMUXER_BYTES + blocks
 
     def close(self) -> None:
         playhead = getattr(self, "_playhead", None)
