@@ -178,6 +178,7 @@ class Settings(BaseSettings):
             image_cache_bytes=self.image_cache_bytes,
             queue_limit=self.queue_limit,
             fit_workers="workers" not in chosen,
+            fit_cache="image_cache_bytes" not in chosen,
         )
         self.workers = plan.workers
         self.image_cache_bytes = plan.image_cache_bytes

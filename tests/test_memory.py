@@ -89,6 +89,7 @@ def test_the_settings_are_sized_from_the_budget_unless_set(monkeypatch: pytest.M
     assert small.image_cache_bytes <= 600 * MiB // 16
     chosen = Settings(memory_limit="600MiB", workers=3, worker_recycle_rss="1GiB", image_cache_bytes=MiB)
     assert (chosen.workers, chosen.worker_recycle_rss, chosen.image_cache_bytes) == (3, GiB, MiB)
+    assert Settings(memory_limit="1GiB", image_cache_bytes="256MiB").image_cache_bytes == 256 * MiB  # as chosen
     roomy = Settings(memory_limit=64 * GiB)
     assert roomy.worker_recycle_rss <= roomy.worker_memory_limit // 2  # never past what its cap allows
 

@@ -99,15 +99,21 @@ class MemoryPlan:
 
 
 def plan_memory(
-    limit: int, *, workers: int, image_cache_bytes: int, queue_limit: int, fit_workers: bool = True
+    limit: int,
+    *,
+    workers: int,
+    image_cache_bytes: int,
+    queue_limit: int,
+    fit_workers: bool = True,
+    fit_cache: bool = True,
 ) -> MemoryPlan:
     """Split ``limit`` between the API process and as many of ``workers`` decoder processes as fit.
 
     The image cache gets at most its share of the budget (and no more than asked); each decoder gets an
     equal part of the rest, less a reserve, at least ``MIN_WORKER_BYTES`` (fewer processes where that does not fit:
-    one at least, whatever the budget); with ``fit_workers`` false (an operator chose the count), exactly
-    ``workers``."""
-    cache = min(image_cache_bytes, limit // IMAGE_CACHE_SHARE)
+    one at least, whatever the budget). With ``fit_workers`` or ``fit_cache`` false (an operator chose
+    them), exactly ``workers`` processes, or a cache of ``image_cache_bytes``."""
+    cache = min(image_cache_bytes, limit // IMAGE_CACHE_SHARE) if fit_cache else image_cache_bytes
     api = API_BASE_BYTES + cache + queue_limit * RESULT_BYTES_IN_FLIGHT
     for_workers = max(0, limit - limit // RESERVE_SHARE - api)
     count = max(1, min(workers, for_workers // MIN_WORKER_BYTES)) if fit_workers else workers
