@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +24,42 @@ def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [part for part in value.replace(",", " ").split() if part]
     return value
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path | None = None) -> int | None:
+    """CPUs the container's CPU quota allows (rounded up), or None with no quota: cgroup v2
+    ``cpu.max`` (``"200000 100000"``: two CPUs; ``"max 100000"``: none), else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (a quota of -1: none)."""
+    root = CGROUP_ROOT if root is None else root
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        if quota.strip() == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else max(1, math.ceil(quota_us / period_us))
+    return None
+
+
+def available_cpus(cgroup_root: Path | None = None) -> int:
+    """CPUs this process may run on (its affinity mask), capped by a cgroup CPU quota: a container
+    limited to two CPUs on a 64-core host gets two decoders, not 64."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return max(1, min(count, quota) if quota else count)
 
 
 class Settings(BaseSettings):
@@ -75,7 +112,11 @@ class Settings(BaseSettings):
     )
 
     # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Decoder processes.")
+    workers: int = Field(
+        default_factory=lambda: available_cpus(),
+        ge=1,
+        description="Decoder processes; default: the CPUs this process may use (affinity and cgroup CPU quota).",
+    )
     decode_threads: int = Field(
         default=2,
         ge=1,
@@ -132,6 +173,25 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (`*` for any); none: CORS off."
     )
     rate_limit: str | None = Field(default=None, description="Per caller, e.g. `100/minute`; unset: no limit.")
+
+    # Operations: metrics, logs, running behind a proxy.
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token `GET /metrics` requires; unset: /metrics is open like /readyz."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Server logs (one line per request included): JSON objects or plain text."
+    )
+    tracing_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. `http://collector:4318/v1/traces`); unset: no tracing. "
+        "Needs the `tracing` extra.",
+    )
+    tracing_service_name: str = Field(default="stillframe", description="`service.name` of the spans.")
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxy addresses (comma list, CIDRs allowed, `*` for any) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (uvicorn's proxy headers); unset: none, the peer is the client.",
+    )
 
     def fetch_policy(self) -> FetchPolicy:
         """What guarded fetches (sources, webhooks) may do, from these settings."""
@@ -242,7 +302,16 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "media_root", "webhook_secret", "s3_endpoint_url", "s3_region", "source_base", "results_url", mode="before"
+        "media_root",
+        "webhook_secret",
+        "s3_endpoint_url",
+        "s3_region",
+        "source_base",
+        "results_url",
+        "metrics_token",
+        "forwarded_allow_ips",
+        "tracing_endpoint",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

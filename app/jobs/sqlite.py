@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -165,6 +166,31 @@ class SqliteJobStore:
                 return value
 
         return await asyncio.to_thread(work)
+
+    async def status_counts(self) -> dict[str, int]:
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            return {str(status): int(count) for status, count in rows}
+
+        return await self._run(work, create=False)
+
+    async def check_writable(self) -> None:
+        """Raise OSError or sqlite3.Error unless a job (and local result images) could be written now: a file
+        created, written, synced and removed in the data directory, and the database's write lock
+        taken (the same ``BEGIN IMMEDIATE`` every change starts with)."""
+
+        def probe() -> None:
+            path = self.data_dir / f".ready-{os.getpid()}-{threading.get_ident()}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ready")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+
+        await self._run(lambda db: None)  # (creates the directory and the database on first use)
+        await asyncio.to_thread(probe)
 
     def close(self) -> None:
         with self._lock:

@@ -198,6 +198,9 @@ class _OpenAssets:
         """The open assets' estimated size (``ImageGenerator.resident_estimate``)."""
         return sum(generator.resident_estimate for generator in self._items.values())
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def close(self) -> None:
         while self._items:
             self._items.popitem()[1].close()
@@ -279,4 +282,4 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
             replies.send(("retire", os.getpid()))
             replies.send(("done", task_id))
             break
-        replies.send(("done", task_id))
+        replies.send(("done", task_id, len(assets)))
