@@ -75,7 +75,14 @@ async def _soak(ctx: Context, server: Stillframe, seconds: float, seed: str) -> 
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120, limits=limits) as client:
         with TreeMonitor(server.pid, interval=0.5) as monitor:
             await asyncio.gather(*(client_loop(client) for _ in range(SOAK_CLIENTS)))
-        memory = (await client.get("/readyz")).json().get("memory", {})
+        text = (await client.get("/metrics")).text
+        memory = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(
+                ("stillframe_memory", "stillframe_resident", "stillframe_open_asset", "stillframe_image_cache_bytes")
+            )
+        }
     samples = monitor.samples or [0]
     tenth = max(1, len(samples) // 10)
     half = len(samples) // 2

@@ -291,6 +291,6 @@ def test_soak_scenario_runs_under_a_budget_and_without_one(bench_run: _Run) -> N
         block = out[run]
         assert block["statuses"].get("200", 0) > 0, block["statuses"]
         assert block["server_errors"] == 0, block["statuses"]
-        assert block["tree_peak_mib"] > 0 and block["memory_at_end"]["limit_bytes"] > 0
+        assert block["tree_peak_mib"] > 0 and block["memory_at_end"]["stillframe_memory_limit_bytes"] > 0
     assert not out["tree_peak_over_limit"]
     assert out["throughput_vs_unlimited"] > 0

@@ -1,5 +1,5 @@
 """The memory budget: one limit, split between the API process, the decoders and the caches; open
-assets bounded by bytes; shedding past the limit; memory visible in /readyz; and a live server that
+assets bounded by bytes; shedding past the limit; memory visible in /metrics; and a live server that
 stays inside a small budget under concurrent mixed load."""
 
 from __future__ import annotations
@@ -196,19 +196,25 @@ def test_the_image_cache_halves_while_the_service_is_over_its_budget() -> None:
     assert cache.get("k7") is not None and cache.get("k0") is None  # the least recently used went first
 
 
-def test_readyz_shows_the_memory_of_every_process(client: Any) -> None:
+def _metrics(base: Any) -> dict[str, float]:
+    """``/metrics`` as {series: value} (``base``: a client, or a base URL)."""
+    text = base.get("/metrics").text if not isinstance(base, str) else httpx.get(f"{base}/metrics").text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+
+
+def test_metrics_show_the_memory_of_every_process(client: Any) -> None:
     assert client.get("/v1/frame", params={"url": "clip.mp4", "t": "1"}).status_code == 200
     deadline = time.monotonic() + 10
     while True:  # the worker reports after its task, a moment after the image it sent
-        memory = client.get("/readyz").json()["memory"]
-        if memory["open_asset_bytes"] or time.monotonic() > deadline:
+        values = _metrics(client)
+        if values["stillframe_open_asset_bytes"] or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    assert memory["limit_bytes"] == client.app.state.settings.memory_limit
-    assert memory["api_resident_bytes"] > 10 * MiB
-    assert len(memory["worker_resident_bytes"]) == client.app.state.settings.workers
-    assert memory["image_cache_bytes"] > 0  # the image just made
-    assert memory["open_asset_bytes"] > 0
+    assert values["stillframe_memory_limit_bytes"] == client.app.state.settings.memory_limit
+    assert values['stillframe_resident_bytes{process="api"}'] > 10 * MiB
+    assert values['stillframe_resident_bytes{process="decoder-0"}'] > 10 * MiB
+    assert values["stillframe_image_cache_bytes"] > 0  # the image just made
+    assert values["stillframe_open_asset_bytes"] > 0
 
 
 # ------------------------------------------------------------------ a live server inside a small budget
@@ -279,8 +285,8 @@ def test_a_live_server_stays_inside_a_small_budget_under_mixed_load(tmp_path: Pa
             time.sleep(0.25)
         for thread in threads:
             thread.join()
-        ready = httpx.get(f"{server.base_url}/readyz").json()
-    print(f"{len(statuses)} grabs; tree peak {max(samples) / MiB:.0f} MiB; {ready['memory']}")
+        metrics = _metrics(server.base_url)
+    print(f"{len(statuses)} grabs; tree peak {max(samples) / MiB:.0f} MiB")
     assert statuses and not [s for s in statuses if s >= 500], sorted(set(statuses))
     assert sum(s == 200 for s in statuses) > len(statuses) * 0.8
     assert max(samples) < limit, f"tree at {max(samples) / MiB:.0f} MiB over the {limit / MiB:.0f} MiB limit"
@@ -290,7 +296,8 @@ def test_a_live_server_stays_inside_a_small_budget_under_mixed_load(tmp_path: Pa
     # over about 200 of its own: the tree may still grow a little here, never by much of the budget)
     growth = (late - early) / limit
     assert growth < 0.1, f"the tree grew {(late - early) / MiB:.0f} MiB over the second half ({early / MiB:.0f} MiB)"
-    assert ready["memory"]["resident_bytes"] < limit
+    reported = sum(v for k, v in metrics.items() if k.startswith("stillframe_resident_bytes"))
+    assert 0 < reported < limit
 
 
 def test_a_remote_assets_estimate_counts_its_readers_block_cache(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ that is for the operator's own tools, not for anyone who can reach a health chec
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import av
 from fastapi import APIRouter, Request
@@ -28,7 +27,7 @@ async def healthz() -> dict[str, str]:
     summary="Ready to decode and to take jobs",
     responses=problem_responses("not_ready", notes={503: "no decoder up, a codec missing, or jobs cannot be written"}),
 )
-async def readyz(request: Request) -> dict[str, Any]:
+async def readyz(request: Request) -> dict[str, str]:
     """200 when a decoder process is up and the job store and data directory can be written now."""
     if any(name not in av.codecs_available for name in _REQUIRED_CODECS):
         raise ProblemError("not_ready", "a required decoder is missing from this build")
@@ -43,5 +42,4 @@ async def readyz(request: Request) -> dict[str, Any]:
     except Exception as exc:  # (OSError, sqlite3.Error, or whatever another store raises)
         log.error("not ready: the job store or data directory cannot be written: %s", exc)
         raise ProblemError("not_ready", "the job store or data directory cannot be written") from None
-    memory = {**pool.memory(), "image_cache_bytes": request.app.state.image_cache.size_bytes}
-    return {"status": "ready", "memory": memory}
+    return {"status": "ready"}
