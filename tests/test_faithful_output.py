@@ -1,0 +1,154 @@
+"""Faithful output: ``dynamic_range=native`` keeps HDR as HDR (16-bit PNG with cICP, 10-bit AVIF with an
+nclx ``colr`` box) or refuses formats that cannot carry it; alpha is kept where the format has it.
+
+Every check reads the bytes back (PNG chunks, AVIF boxes, a decode through FFmpeg) instead of trusting
+what the encoder was asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.engine import EncodeOptions, EngineError, GrabOptions, ImageGenerator, RenderOptions
+from app.engine.colour import sdr_colour_in_hdr
+from tests.oracle import ffmpeg_exe
+
+PQ = "av1_hdr10_pq_portrait.mp4"  # AV1 10-bit, PQ, BT.2020, 720x1280
+HLG = "hevc_hlg10.mp4"  # HEVC Main10, HLG, BT.2020, 1920x1080
+HLG_ROTATED = "iphone_hevc_hlg_editlist_rot90_opengop.mp4"
+TRC_PQ, TRC_HLG, PRIMARIES_BT2020, MATRIX_BT2020_NCL = 16, 18, 9, 9
+
+
+def png_chunks(data: bytes) -> dict[bytes, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks: dict[bytes, bytes] = {}
+    at = 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind = data[at + 4 : at + 8]
+        chunks.setdefault(kind, data[at + 8 : at + 8 + length])
+        at += 12 + length
+    return chunks
+
+
+def isobmff_box(data: bytes, kind: bytes) -> bytes:
+    """The payload of the first box of that type anywhere in the file (a flat search is enough for the
+    few, unique, property boxes read here)."""
+    at = data.find(kind)
+    assert at >= 4, f"no {kind!r} box"
+    (size,) = struct.unpack(">I", data[at - 4 : at])
+    return data[at + 4 : at - 4 + size]
+
+
+def grab(path: Path, t: str = "0", **render: object) -> bytes:
+    fmt = str(render.pop("format", "png"))
+    options = GrabOptions(
+        render=RenderOptions(dynamic_range="native", **render),  # type: ignore[arg-type]
+        encode=EncodeOptions(format=fmt),  # type: ignore[arg-type]
+    )
+    with ImageGenerator(path, options) as generator:
+        return generator.image_at(t).image
+
+
+def decoded(data: bytes) -> av.VideoFrame:
+    with av.open(io.BytesIO(data)) as container:
+        return next(container.decode(video=0))
+
+
+@pytest.mark.parametrize(("name", "transfer"), [(PQ, TRC_PQ), (HLG, TRC_HLG), (HLG_ROTATED, TRC_HLG)])
+def test_native_png_is_16_bit_with_the_source_transfer_in_cicp(corpus: Path, name: str, transfer: int) -> None:
+    data = grab(corpus / name, "0.1", width=640)
+    chunks = png_chunks(data)
+    width, height, depth, colour_type = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour_type) == (16, 2)  # 16-bit truecolour
+    # cICP: primaries, transfer, matrix (0: RGB), full range
+    assert chunks[b"cICP"] == bytes([PRIMARIES_BT2020, transfer, 0, 1])
+    assert b"sRGB" not in chunks and b"iCCP" not in chunks
+    frame = decoded(data)
+    assert frame.format.name == "rgb48be" and (frame.width, frame.height) == (width, height)
+    assert int(frame.color_trc) == transfer and int(frame.color_primaries) == PRIMARIES_BT2020
+    assert width <= 640
+
+
+def test_native_png_matches_the_ffmpeg_cli(corpus: Path) -> None:
+    """The 16-bit values are the source's PQ signal as FFmpeg converts it (no tone mapping, no 8-bit step)."""
+    path = corpus / PQ
+    frame = decoded(grab(path, "0")).to_ndarray().astype(np.int32)
+    cli = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-frames:v",
+            "1",
+            "-vf",
+            "scale=out_range=full:flags=bicubic+accurate_rnd+full_chroma_int,format=rgb48le",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    oracle = np.frombuffer(cli, "<u2").reshape(frame.shape).astype(np.int32)
+    assert np.abs(frame - oracle).mean() < 64  # a quarter of a 10-bit step on average
+    assert frame.max() > 255 * 257 * 0.5  # the PQ signal, not an 8-bit picture
+
+
+@pytest.mark.parametrize(("name", "transfer"), [(PQ, TRC_PQ), (HLG, TRC_HLG)])
+def test_native_avif_is_10_bit_with_nclx(corpus: Path, name: str, transfer: int) -> None:
+    data = grab(corpus / name, "0.1", format="avif", width=480)
+    colr = isobmff_box(data, b"colr")
+    assert colr[:4] == b"nclx"
+    primaries, trc, matrix = struct.unpack(">HHH", colr[4:10])
+    assert (primaries, trc, matrix) == (PRIMARIES_BT2020, transfer, MATRIX_BT2020_NCL)
+    pixi = isobmff_box(data, b"pixi")
+    assert pixi[4] == 3 and set(pixi[5:8]) == {10}  # three channels of 10 bits
+    frame = decoded(data)
+    assert frame.format.name == "yuv420p10le" and int(frame.color_trc) == transfer
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_native_hdr_in_an_8_bit_format_is_refused(corpus: Path, fmt: str) -> None:
+    with pytest.raises(EngineError) as refused:
+        grab(corpus / HLG, "0", format=fmt)
+    assert refused.value.code == "invalid_parameter" and "png" in str(refused.value)
+
+
+def test_native_pad_fills_with_the_background_in_the_source_transfer(corpus: Path) -> None:
+    frame = decoded(grab(corpus / PQ, "0", width=400, height=200, fit="pad", background="white"))
+    pixels = frame.to_ndarray()
+    assert pixels.shape == (200, 400, 3)
+    white = sdr_colour_in_hdr((255, 255, 255), transfer="pq", color_primaries=PRIMARIES_BT2020)
+    assert tuple(int(v) for v in pixels[100, 2]) == white  # the left bar is padding
+    assert abs(white[0] / 65535 - 0.5806) < 0.001  # 203 nits in PQ (BT.2408 reference white)
+
+
+def test_native_on_an_sdr_source_is_the_sdr_picture(corpus: Path) -> None:
+    sdr = GrabOptions(encode=EncodeOptions(format="jpeg"))
+    native = GrabOptions(render=RenderOptions(dynamic_range="native"), encode=EncodeOptions(format="jpeg"))
+    path = corpus / "rotation_0.mov"
+    with ImageGenerator(path, sdr) as one, ImageGenerator(path, native) as two:
+        assert one.image_at("0").image == two.image_at("0").image
+
+
+def test_api_refuses_native_hdr_as_jpeg_with_a_problem(make_client: Callable[..., TestClient], corpus: Path) -> None:
+    client = make_client(media_root=str(corpus))
+    refused = client.get("/v1/frame", params={"url": HLG, "t": "0", "dynamic_range": "native", "format": "jpeg"})
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["code"] == "invalid_parameter"
+    png = client.get("/v1/frame", params={"url": HLG, "t": "0", "dynamic_range": "native", "format": "png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png_chunks(png.content)[b"cICP"] == bytes([PRIMARIES_BT2020, TRC_HLG, 0, 1])
