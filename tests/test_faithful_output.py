@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.engine import EncodeOptions, EngineError, GrabOptions, ImageGenerator, RenderOptions
 from app.engine.colour import sdr_colour_in_hdr
@@ -152,3 +153,59 @@ def test_api_refuses_native_hdr_as_jpeg_with_a_problem(make_client: Callable[...
     png = client.get("/v1/frame", params={"url": HLG, "t": "0", "dynamic_range": "native", "format": "png"})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png_chunks(png.content)[b"cICP"] == bytes([PRIMARIES_BT2020, TRC_HLG, 0, 1])
+
+
+# --- alpha ------------------------------------------------------------------------------------------
+
+# Left half opaque, right half transparent; the colour under the transparent half is the test pattern.
+_SOURCE = "testsrc2=size=64x48:rate=10:duration=1"
+_HALF_ALPHA = "format=rgba,geq=r='r(X,Y)':g='g(X,Y)':b='b(X,Y)':a='if(lt(X,W/2),255,0)'"
+
+
+@pytest.fixture(scope="module")
+def alpha_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("alpha")
+    encoders = {
+        "vp9.webm": ["-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-b:v", "1M"],
+        "prores4444.mov": ["-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le"],
+        "png.mov": ["-c:v", "png", "-pix_fmt", "rgba"],
+    }
+    clips = {}
+    for name, codec in encoders.items():
+        path = folder / name
+        subprocess.run(
+            [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", _SOURCE, "-vf", _HALF_ALPHA, *codec, str(path)],
+            check=True,
+        )
+        clips[name] = path
+    return clips
+
+
+@pytest.mark.parametrize("clip", ["vp9.webm", "prores4444.mov", "png.mov"])
+@pytest.mark.parametrize("fmt", ["png", "webp", "avif"])
+def test_alpha_is_kept(alpha_clips: dict[str, Path], clip: str, fmt: str) -> None:
+    options = GrabOptions(encode=EncodeOptions(format=fmt))  # type: ignore[arg-type]
+    with ImageGenerator(alpha_clips[clip], options) as generator:
+        for t in ("0", "0.55"):  # a keyframe, and a frame decoded after a seek
+            image = Image.open(io.BytesIO(generator.image_at(t).image))
+            assert image.mode == "RGBA", (clip, fmt, image.mode)
+            alpha = np.asarray(image)[:, :, 3].astype(int)
+            assert alpha[:, :28].min() > 240 and alpha[:, 36:].max() < 15, (clip, fmt, t)
+
+
+@pytest.mark.parametrize("clip", ["vp9.webm", "prores4444.mov", "png.mov"])
+def test_alpha_in_jpeg_is_flattened_onto_the_background(alpha_clips: dict[str, Path], clip: str) -> None:
+    options = GrabOptions(render=RenderOptions(background="#00ff00"), encode=EncodeOptions(format="jpeg", quality=95))
+    with ImageGenerator(alpha_clips[clip], options) as generator:
+        pixels = np.asarray(Image.open(io.BytesIO(generator.image_at("0.3").image))).astype(int)
+    assert pixels.shape == (48, 64, 3)
+    right = pixels[:, 40:].reshape(-1, 3).mean(axis=0)
+    assert abs(right[0]) < 12 and right[1] > 240 and right[2] < 12, right  # the background shows through
+
+
+def test_vp9_alpha_from_the_corpus_and_over_the_api(make_client: Callable[..., TestClient], corpus: Path) -> None:
+    client = make_client(media_root=str(corpus))
+    answer = client.get("/v1/frame", params={"url": "vp9_alpha.webm", "t": "2.5", "format": "png"})
+    assert answer.status_code == 200, answer.text
+    image = Image.open(io.BytesIO(answer.content))
+    assert image.mode == "RGBA" and np.asarray(image)[:, :, 3].min() == 0  # transparent where the clip is
