@@ -80,7 +80,7 @@ class AlphaVp9Decoder:
         frames: list[av.VideoFrame] = self.context.decode(packet)
         for frame in frames:
             if frame.pts in self.key_pts:
-                frame.key_frame = True
+                frame.key_frame = True  # type: ignore[misc]  # (settable; the stubs say read-only)
         return frames
 
     def __getattr__(self, name: str) -> Any:
