@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -19,9 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.engine import EncodeOptions, EngineError, GrabOptions, ImageGenerator, RenderOptions
+from app.config import Settings
+from app.engine import EncodeOptions, EngineError, FrameResult, GrabOptions, ImageGenerator, RenderOptions
 from app.engine.colour import sdr_colour_in_hdr
-from tests.oracle import ffmpeg_exe
+from app.engine.sources import HttpSource
+from tests.conftest import CORPUS
+from tests.http_server import LoopbackServer
+from tests.oracle import ffmpeg_exe, probe
 
 PQ = "av1_hdr10_pq_portrait.mp4"  # AV1 10-bit, PQ, BT.2020, 720x1280
 HLG = "hevc_hlg10.mp4"  # HEVC Main10, HLG, BT.2020, 1920x1080
@@ -209,3 +214,82 @@ def test_vp9_alpha_from_the_corpus_and_over_the_api(make_client: Callable[..., T
     assert answer.status_code == 200, answer.text
     image = Image.open(io.BytesIO(answer.content))
     assert image.mode == "RGBA" and np.asarray(image)[:, :, 3].min() == 0  # transparent where the clip is
+
+
+# --- remote answers as local ----------------------------------------------------------------------------
+
+US = Fraction(1, 10**6)
+REMOTE_CASES = [
+    "avi_h264_bad_length.avi",  # AVI, H.264 with B-frames, DTS-only timing, a header length that lies
+    "x264_bframes.avi",  # made below: AVI whose last frame outlasts the container's duration
+    "ts_h264.ts",
+    "fmp4_fragmented.mp4",
+    "hevc_bframes.mp4",
+    "editlist_discard.mp4",
+    "vp9_odd_dimensions_161x121.webm",
+]
+
+
+_CLIP_25FPS = "testsrc2=size=64x48:rate=25:duration=1"
+_X264_BFRAMES = ["-c:v", "libx264", "-bf", "3", "-g", "12"]  # GOPs of 12: a grab near the end seeks
+
+
+@pytest.fixture(scope="module")
+def remote_corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, LoopbackServer]]:
+    folder = tmp_path_factory.mktemp("remote-as-local")
+    made = folder / "x264_bframes.avi"
+    x264 = [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", _CLIP_25FPS, *_X264_BFRAMES, str(made)]
+    subprocess.run(x264, check=True)
+    with LoopbackServer() as server:
+        server.add_file(f"/{made.name}", made.read_bytes())
+        if CORPUS.is_dir():
+            for name in REMOTE_CASES:
+                if (CORPUS / name).is_file():
+                    server.add_file(f"/{name}", (CORPUS / name).read_bytes())
+        yield folder, server
+
+
+def _answer(generator: ImageGenerator, t: Fraction) -> tuple[str, Fraction | None]:
+    try:
+        result = generator.image_at(t)
+    except EngineError as exc:
+        return exc.code, None
+    return "ok", result.actual_time
+
+
+@pytest.mark.parametrize("name", REMOTE_CASES)
+def test_a_remote_source_answers_as_the_local_file_at_every_time(
+    remote_corpus: tuple[Path, LoopbackServer], name: str
+) -> None:
+    folder, server = remote_corpus
+    local = folder / name if (folder / name).is_file() else CORPUS / name
+    if not local.is_file():
+        pytest.skip(f"{name} is not in the media corpus")
+    policy = Settings(allowed_networks="127.0.0.0/8", allowed_ports=str(server.port)).fetch_policy()
+    options = GrabOptions(render=RenderOptions(width=16), encode=EncodeOptions(format="jpeg"))
+    info = probe(local)
+    last = info.times[-1]
+    edges = {last - US, last, last + US, info.end - US, info.end, info.end + US, last + Fraction(1, 10)}
+    times = sorted({x for t in info.times for x in (t - US, t, t + US)} | edges)
+    times = [t for t in times if t >= 0]
+
+    def remote() -> ImageGenerator:
+        return ImageGenerator(HttpSource(server.url(f"/{name}"), policy), options)
+
+    with ImageGenerator(local, options) as here, remote() as there:  # warm: one asset, times in order
+        differences = [(t, a, b) for t in times if (a := _answer(here, t)) != (b := _answer(there, t))]
+    for t in sorted(edges):  # cold: a fresh open for each time around the end
+        with ImageGenerator(local, options) as here, remote() as there:
+            alone = _answer(here, t)
+            if alone != (b := _answer(there, t)):
+                differences.append((t, alone, b))
+        # and in a batch, after a grab in the middle (what grabs queued together get): a seek to the end
+        for make in (lambda: ImageGenerator(local, options), remote):
+            with make() as generator:
+                *_, result = generator.images_for([info.times[len(info.times) // 2], t])
+            batch = ("ok", result.actual_time) if isinstance(result, FrameResult) else (result.error.code, None)
+            if batch != alone:
+                differences.append((t, alone, batch))
+    assert not differences, differences[:5]
+    with ImageGenerator(local, options) as here:  # the last frame is shown for its whole display interval
+        assert _answer(here, last + US) == ("ok", last)

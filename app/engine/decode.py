@@ -162,6 +162,9 @@ class Playhead:
         cursor.live = False
         cursor.at_start = False
         self.pts_guess.reset_sequence()
+        # The DTS clock restarts from the first DTS after the seek: a picture flushed out with none
+        # before that has no time (and is left out) rather than the clock's time from before the seek.
+        self._dts_clock_next = None
         self.container.seek(pts, stream=self.stream, backward=backward, any_frame=False)
         if self.decoder is not self.stream.codec_context:
             self.decoder.flush_buffers()  # (the seek flushes the stream's own decoder only)
