@@ -110,6 +110,8 @@ class Playhead:
     Shares the search's ``Cursor``: a seek or reopen updates it, and the packet loop reads its target.
     """
 
+    _dts_clock_next: int | None  # the AVI clock's next time (see _use_stream); None: not known yet
+
     def __init__(
         self,
         source: Source | Path | str,
@@ -198,7 +200,7 @@ class Playhead:
         # from the decoder out of order. The ffmpeg CLI times AVI frames by the DTS the decoder hands
         # out with each frame (monotonic, in presentation order), and so do we.
         self.dts_clock = self.container.format.name == "avi"
-        self._dts_clock_next: int | None = None
+        self._dts_clock_next = None
         self.cursor.forget_open()
         context = stream.codec_context
         self.decoder: Any = AlphaVp9Decoder(stream) if AlphaVp9Decoder.wanted(stream) else context
