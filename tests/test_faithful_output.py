@@ -293,3 +293,23 @@ def test_a_remote_source_answers_as_the_local_file_at_every_time(
     assert not differences, differences[:5]
     with ImageGenerator(local, options) as here:  # the last frame is shown for its whole display interval
         assert _answer(here, last + US) == ("ok", last)
+
+
+def test_native_hdr_with_alpha(tmp_path: Path) -> None:
+    """PQ ProRes 4444 with alpha: a 16-bit RGBA PNG labelled PQ; an HDR AVIF with alpha is refused."""
+    clip = tmp_path / "pq_alpha.mov"
+    # (setparams: the tags reach the MOV colr box, where output options alone leave it unspecified)
+    tagged = f"{_HALF_ALPHA},setparams=color_primaries=bt2020:color_trc=smpte2084:colorspace=bt2020nc"
+    prores = ["-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le"]
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", _SOURCE, "-vf", tagged, *prores, str(clip)], check=True
+    )
+    data = grab(clip, "0.3")
+    assert png_chunks(data)[b"cICP"] == bytes([PRIMARIES_BT2020, TRC_PQ, 0, 1])
+    pixels = decoded(data)
+    assert pixels.format.name == "rgba64be"
+    alpha = pixels.to_ndarray()[:, :, 3]
+    assert alpha[:, :28].min() > 65000 and alpha[:, 36:].max() < 1000
+    with pytest.raises(EngineError) as refused:
+        grab(clip, "0.3", format="avif")
+    assert refused.value.code == "invalid_parameter" and "png" in str(refused.value)
