@@ -421,6 +421,8 @@ def render_native_hdr(
         parse_background(options.background), transfer=transfer, color_primaries=int(frame.color_primaries)
     )
     array = _reformat(frame, layout.scale_to if region is None else None, pixel_format, threads)
+    if region is None and (layout.transpose, layout.resize_to, layout.crop, layout.canvas) == (None,) * 4:
+        return array  # nothing more to do: no copy per channel
     channels = []
     for index in range(array.shape[2]):
         channel = Image.fromarray(np.ascontiguousarray(array[:, :, index]))
