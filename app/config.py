@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.options import DEFAULT_AVIF_SPEED, DEFAULT_WEBP_METHOD
 from app.engine.sources import SourcePolicy
+from app.net.objectstore import ObjectStorePolicy
 from app.net.policy import FetchPolicy, IPNetwork
 
 
@@ -39,6 +40,18 @@ class Settings(BaseSettings):
     fetch_total_timeout: float = 60.0
     max_source_bytes: int = Field(default=2 * 1024**3, description="Cap on bytes read from one source.")
     max_redirects: int = 5
+    # Object storage (app/net/objectstore.py): credentials from the standard AWS places (AWS_* variables,
+    # web identity, instance or container metadata).
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible store (MinIO, R2, Ceph); unset: AWS S3 itself."
+    )
+    s3_region: str | None = Field(default=None, description="The store's region; unset: from AWS_REGION.")
+    s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Buckets s3:// sources may name (comma list); empty: none."
+    )
+    source_base: str | None = Field(
+        default=None, description="`s3://bucket/prefix/`: a relative source names an object under it."
+    )
     max_source_pixels: int = Field(default=7680 * 4320, description="Largest video frame (width x height) decoded.")
     max_duration: float = Field(default=24 * 3600, gt=0, description="Longest source accepted, in seconds.")
     max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
@@ -74,6 +87,11 @@ class Settings(BaseSettings):
 
     # Jobs: many times per request, persisted in SQLite (WAL) with their images beside it.
     data_dir: Path = Field(default=Path("./data"), description="Jobs database and result images.")
+    results_url: str | None = Field(
+        default=None, description="Where result images go: `s3://bucket/prefix` or a folder; unset: the data dir."
+    )
+    # (0: results stream through the API; else they redirect (307) to a presigned URL living this long)
+    results_redirect: float = Field(default=0, ge=0, description="Seconds a presigned result URL lives; 0: off.")
     max_times_per_job: int = Field(default=1000, ge=1, description="Times one job may ask for.")
     result_ttl: float = Field(default=86400.0, gt=0, description="Seconds a finished job and its images are kept.")
     job_concurrency: int = Field(default=0, ge=0, description="Jobs decoding at once; 0: one per decoder worker.")
@@ -115,7 +133,20 @@ class Settings(BaseSettings):
     def source_policy(self) -> SourcePolicy:
         """What sources may read, from these settings: the media root and the fetch policy."""
         media_root = None if self.media_root is None else os.fspath(self.media_root)
-        return SourcePolicy(fetch=self.fetch_policy(), media_root=media_root)
+        return SourcePolicy(
+            fetch=self.fetch_policy(), media_root=media_root, objects=self.object_store_policy(), base=self.source_base
+        )
+
+    def object_store_policy(self) -> ObjectStorePolicy:
+        """The store s3:// sources are read from and the buckets they may name, from these settings."""
+        return ObjectStorePolicy(
+            buckets=frozenset(self.s3_buckets),
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            connect_timeout=self.fetch_connect_timeout,
+            read_timeout=self.fetch_read_timeout,
+            max_bytes=self.max_source_bytes,
+        )
 
     @field_validator("allowed_networks", mode="before")
     @classmethod
@@ -130,7 +161,17 @@ class Settings(BaseSettings):
     def _parse_ports(cls, value: object) -> object:
         return _split_list(value)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("source_base")
+    @classmethod
+    def _check_source_base(cls, value: str | None) -> str | None:
+        if value is not None:
+            bucket, _, prefix = value.removeprefix("s3://").partition("/")
+            if not value.startswith("s3://") or not bucket:
+                raise ValueError("source_base: expected s3://bucket/ or s3://bucket/prefix/")
+            value = f"s3://{bucket}/{prefix.strip('/')}/" if prefix.strip("/") else f"s3://{bucket}/"
+        return value
+
+    @field_validator("api_keys", "cors_origins", "s3_buckets", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_list(value)
@@ -158,7 +199,9 @@ class Settings(BaseSettings):
         parse_rate(str(value))
         return value
 
-    @field_validator("media_root", "webhook_secret", mode="before")
+    @field_validator(
+        "media_root", "webhook_secret", "s3_endpoint_url", "s3_region", "source_base", "results_url", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -16,6 +16,7 @@ from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
 from app.jobs.sqlite import SqliteJobStore
+from app.jobs.storage import result_storage
 from app.pool.process import ProcessDecoderPool
 
 log = logging.getLogger("stillframe")
@@ -31,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = ProcessDecoderPool(settings)
         await pool.start()
         application.state.pool = pool
-        store = SqliteJobStore(settings.data_dir, settings.result_ttl)
+        store = SqliteJobStore(settings.data_dir, settings.result_ttl, result_storage(settings))
         runner = JobRunner(settings, store, pool)
         await runner.start()  # resumes jobs a stopped (or killed) server left unfinished
         application.state.jobs = runner

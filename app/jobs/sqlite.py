@@ -3,8 +3,9 @@
 Every state change is one transaction that also appends the job's event and, for jobs with a
 callback, the webhook delivery for it: a result, its event and its delivery exist together or not
 at all, so a crash (kill -9 included) loses nothing and never records a time twice. Result images
-are files under ``<data_dir>/results/<job id>/``, written (atomically, by rename) before the row that
-points at them; a file whose row never committed is simply written again when the time is redone.
+are kept by a :class:`~app.jobs.storage.ResultStorage` (files under ``<data_dir>/results/<job id>/`` by
+default), written whole before the row that points at them; an image whose row never committed is
+simply written again when the time is redone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import shutil
 import sqlite3
 import threading
 import time
@@ -34,11 +34,11 @@ from app.jobs.model import (
     JobStatus,
     ResultRecord,
 )
+from app.jobs.storage import LocalResultStorage, ResultStorage, result_name
 
 T = TypeVar("T")
 
 DB_NAME = "jobs.sqlite3"
-RESULTS_DIR = "results"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -124,9 +124,10 @@ class SqliteJobStore:
     leaves no files behind.
     """
 
-    def __init__(self, data_dir: Path, result_ttl: float) -> None:
+    def __init__(self, data_dir: Path, result_ttl: float, images: ResultStorage | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.result_ttl = result_ttl
+        self.images: ResultStorage = images if images is not None else LocalResultStorage(self.data_dir)
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -294,17 +295,9 @@ class SqliteJobStore:
         await self._run(work)
 
     async def save_image(self, job_id: str, index: int, data: bytes, extension: str) -> str:
-        relative = f"{RESULTS_DIR}/{job_id}/{index}.{extension}"
-
-        def work() -> str:
-            path = self.data_dir / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".part")
-            partial.write_bytes(data)
-            partial.replace(path)
-            return relative
-
-        return await asyncio.to_thread(work)
+        name = result_name(job_id, index, extension)
+        await self.images.save(name, data)
+        return name
 
     async def record(self, job_id: str, record: ResultRecord) -> JobEvent | None:
         def work(db: sqlite3.Connection) -> JobEvent | None:
@@ -340,7 +333,7 @@ class SqliteJobStore:
 
         event = await self._run(work)
         if event is None and record.file is not None:
-            await asyncio.to_thread(_unlink, self.data_dir / record.file)  # not ours to keep
+            await self.images.delete(record.file)  # not ours to keep
         return event
 
     async def finish(self, job_id: str, status: JobStatus, error: dict[str, Any] | None = None) -> JobEvent | None:
@@ -414,7 +407,7 @@ class SqliteJobStore:
 
         ids = await self._run(work, create=False)
         for job_id in ids:
-            await asyncio.to_thread(shutil.rmtree, self.data_dir / RESULTS_DIR / job_id, True)
+            await self.images.delete_job(job_id)
         return ids
 
     # ------------------------------------------------------------------ deliveries
@@ -490,10 +483,6 @@ class _Empty:
 
 
 _EMPTY: Any = _Empty()
-
-
-def _unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _load_job(db: sqlite3.Connection, job_id: str) -> Job | None:

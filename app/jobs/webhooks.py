@@ -25,6 +25,7 @@ from standardwebhooks import Webhook
 from app.config import Settings
 from app.engine.errors import EngineError
 from app.jobs.model import Delivery
+from app.jobs.storage import result_storage
 from app.jobs.store import JobStore
 from app.net.client import GuardedClient
 
@@ -79,10 +80,8 @@ def build_body(delivery: Delivery, settings: Settings) -> bytes:
     and the file still exists."""
     if delivery.image_file is None:
         return delivery.payload.encode()
-    path = settings.data_dir / delivery.image_file
-    try:
-        image = path.read_bytes()
-    except OSError:
+    image = result_storage(settings).read_bytes(delivery.image_file)
+    if image is None:
         return delivery.payload.encode()
     payload = json.loads(delivery.payload)
     payload["data"]["image"] = base64.b64encode(image).decode("ascii")

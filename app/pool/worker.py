@@ -150,7 +150,7 @@ class _OpenAssets:
 
     def get(self, task: GrabTask, settings: Settings, threads: int = 1) -> tuple[ImageGenerator, str]:
         """The open generator for this task (its decoder set up with ``threads``), opened if need be."""
-        from app.engine.sources import HttpSource, resolve_source
+        from app.engine.sources import HttpSource, S3Source, resolve_source
 
         recent = self._remote.get(task.url)
         if recent is not None and time.monotonic() - recent[1] < REMOTE_REVALIDATE_SECONDS:
@@ -163,7 +163,7 @@ class _OpenAssets:
                 return generator, recent[0]
         source = resolve_source(task.url, settings.source_policy())
         identity = source.identity  # changes with the bytes: size + mtime, or ETag / Last-Modified
-        if isinstance(source, HttpSource):
+        if isinstance(source, HttpSource | S3Source):
             self._remote[task.url] = (identity, time.monotonic())
             if len(self._remote) > 4 * self.capacity:
                 self._remote.pop(next(iter(self._remote)))
