@@ -64,7 +64,9 @@ class GrabParams(BaseModel):
     fit: Fit = "contain"
     background: str = Field(default="black", max_length=32, description="Padding colour for `fit=pad`.")
     dynamic_range: DynamicRange = Field(
-        default="sdr", description="`sdr` tone-maps HDR (PQ, HLG) to SDR; `native` does not."
+        default="sdr",
+        description="`sdr` tone-maps HDR (PQ, HLG) to SDR; `native` keeps it: a 16-bit PNG (cICP) or a 10-bit"
+        " AVIF (nclx) in the source's transfer and primaries, and 400 for formats that cannot carry it.",
     )
     format: ImageFormat | None = Field(
         default=None, description="Output format; default: negotiated from `Accept`, else jpeg."
