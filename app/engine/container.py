@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import av
 import av.error
 
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, InvalidParameter
 from app.engine.options import SourceLimits
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def select_video_stream(container: Any, wanted: int | None, limits: SourceLimits
         raise EngineError("no_video_stream", "the source has no video stream")
     if wanted is not None:
         if not 0 <= wanted < len(video):
-            raise EngineError("invalid_parameter", f"stream: the source has {len(video)} video stream(s)")
+            raise InvalidParameter(f"stream: the source has {len(video)} video stream(s)", parameter="stream")
         stream = video[wanted]
     else:
         default = [s for s in video if s.disposition & av.stream.Disposition.default]
