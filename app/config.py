@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_source_pixels: int = Field(default=7680 * 4320, description="Largest video frame (width x height) decoded.")
     max_duration: float = Field(default=24 * 3600, gt=0, description="Longest source accepted, in seconds.")
     max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
+    max_request_bytes: int = Field(
+        default=1024**2, ge=1024, description="Largest request body; past it, 413 before anything is parsed."
+    )
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
     webp_method: int = Field(

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from app import __version__
 from app.api import frames, health, jobs
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
+from app.api.bodylimit import BodyLimit
 from app.api.cache import Coalescer, ImageCache
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.in_flight = Coalescer()
     install_problem_handlers(application)
     install_access_control(application, settings)
+    application.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any reading
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)

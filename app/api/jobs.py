@@ -197,9 +197,22 @@ async def _create(
     return await runner.submit(spec)
 
 
+async def times_counted(request: Request, settings: Annotated[Settings, Depends(get_app_settings)]) -> None:
+    """Refuse too many times before any is validated or parsed (a dependency runs before the body is
+    validated; the JSON it reads is the one FastAPI parsed, under the body cap)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return  # FastAPI answers for the body itself
+    times = body.get("times") if isinstance(body, dict) else None
+    if isinstance(times, list) and len(times) > settings.max_times_per_job:
+        raise InvalidParameter(f"times: at most {settings.max_times_per_job} per job", parameter="times")
+
+
 @router.post(
     "/v1/jobs",
     status_code=202,
+    dependencies=[Depends(times_counted)],
     summary="Start a job: many times from one asset",
     responses={202: {"description": "The job, with `Location` and links."}, **_PROBLEMS},
 )
