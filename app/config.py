@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (`*` for any); none: CORS off."
     )
     rate_limit: str | None = Field(default=None, description="Per caller, e.g. `100/minute`; unset: no limit.")
+    auth_failure_limit: str | None = Field(
+        default="10/minute",
+        description="Failed authentications (wrong key, bad signature) per client address; past it, every "
+        "authenticated request from that address is 429 until the bucket refills. Empty: no limit.",
+    )
 
     def fetch_policy(self) -> FetchPolicy:
         """What guarded fetches (sources, webhooks) may do, from these settings."""
@@ -151,7 +156,7 @@ class Settings(BaseSettings):
             keys[kid] = secret
         return keys
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "auth_failure_limit", mode="before")
     @classmethod
     def _check_rate_limit(cls, value: object) -> object:
         if value in ("", None):

@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.problems import problem_handler, problem_responses
-from app.api.ratelimit import MemoryRateLimiter, RateLimiter, parse_rate
+from app.api.ratelimit import MemoryRateLimiter, RateDecision, RateLimiter, parse_rate
 from app.config import Settings
 from app.errors import ProblemError
 
@@ -287,6 +287,10 @@ class AccessControl:
         if limiter is None and settings.rate_limit:
             limiter = MemoryRateLimiter(parse_rate(settings.rate_limit))
         self.limiter = limiter
+        # failed guesses of keys and signatures, per client address
+        self.failures = (
+            MemoryRateLimiter(parse_rate(settings.auth_failure_limit)) if settings.auth_failure_limit else None
+        )
 
     @property
     def open(self) -> bool:
@@ -295,6 +299,22 @@ class AccessControl:
     def authenticate(self, request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
         client = request.client.host if request.client else "unknown"
         signed: _SignedRequest | None = request.scope.get(_SCOPE_KEY)
+        guessing = signed is not None or (credentials is not None and not self.open)
+        if not guessing or self.failures is None:
+            return self._authenticate(client, signed, credentials)
+        # An address over its failures is refused whatever it presents: a right guess must look like a wrong one.
+        if not (locked := self.failures.peek(f"addr:{client}")).allowed:
+            raise _rate_limited(locked, "too many failed authentications from this address; retry later")
+        try:
+            return self._authenticate(client, signed, credentials)
+        except AccessDenied as exc:
+            if exc.code in ("unauthorized", "signature_invalid"):
+                self.failures.hit(f"addr:{client}")
+            raise
+
+    def _authenticate(
+        self, client: str, signed: _SignedRequest | None, credentials: HTTPAuthorizationCredentials | None
+    ) -> Caller:
         if signed is not None:
             kid = self.signer.verify(signed.path, signed.raw_query)
             caller = Caller(f"url:{kid}", f"url:{kid}:{client}")
@@ -310,12 +330,13 @@ class AccessControl:
         if self.limiter is not None:
             decision = self.limiter.hit(caller.rate_key)
             if not decision.allowed:
-                raise AccessDenied(
-                    "rate_limited",
-                    "the rate limit for this caller is exhausted; retry later",
-                    headers={"Retry-After": decision.retry_after_header, "RateLimit-Limit": str(decision.limit)},
-                )
+                raise _rate_limited(decision, "the rate limit for this caller is exhausted; retry later")
         return caller
+
+
+def _rate_limited(decision: RateDecision, detail: str) -> AccessDenied:
+    headers = {"Retry-After": decision.retry_after_header, "RateLimit-Limit": str(decision.limit)}
+    return AccessDenied("rate_limited", detail, headers=headers)
 
 
 _bearer = HTTPBearer(
