@@ -21,10 +21,18 @@ import av
 import av.error
 from av.codec.context import ThreadType
 
-from app.engine.container import AV_TIME_BASE, NamedReader, close_container, open_container, timeline_origin
+from app.engine.container import (
+    AV_TIME_BASE,
+    NamedReader,
+    cap_pixels,
+    close_container,
+    open_container,
+    timeline_origin,
+)
 from app.engine.cursor import ANSWER_KNOWN, Cursor, Decoded
 from app.engine.errors import EngineError
 from app.engine.nal import H264Disposable
+from app.engine.options import SourceLimits
 
 if TYPE_CHECKING:
     from app.engine.sources import Source
@@ -83,10 +91,12 @@ class Playhead:
         opened: tuple[Any, NamedReader],
         stream: Any,
         *,
+        limits: SourceLimits,
         decode_threads: int,
         cursor: Cursor,
     ) -> None:
         self.source = source
+        self.limits = limits
         self.container: Any = opened[0]
         self.file: NamedReader | None = opened[1]
         self.stream_index: int = stream.index
@@ -136,8 +146,10 @@ class Playhead:
         the first timestamp is refused by some demuxers and lands late in others)."""
         self.stats.reopens += 1
         self.close()
-        self.container, self.file = open_container(self.source)
-        self._use_stream(self.container.streams.get(self.stream_index)[0])
+        self.container, self.file = open_container(self.source, self.limits)
+        stream = self.container.streams.get(self.stream_index)[0]
+        cap_pixels(stream, self.limits)  # a fresh decoder: the cap again, and the size checked again
+        self._use_stream(stream)
 
     def close(self) -> None:
         container, file = self.container, self.file
