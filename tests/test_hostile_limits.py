@@ -89,3 +89,44 @@ def test_the_pixel_cap_is_set_again_after_a_reopen(tmp_path: Path) -> None:
     with pytest.raises(EngineError) as info:
         ImageGenerator(clip, GrabOptions(), limits=SourceLimits(max_pixels=64 * 48 - 1))
     assert info.value.code == "source_too_many_pixels"
+
+
+@pytest.fixture(scope="module")
+def size_switch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One second at 64x48, then one at 640x480, as raw H.264 and as MPEG-TS (10 fps)."""
+    root = tmp_path_factory.mktemp("size-switch")
+    parts = []
+    for size in ("64x48", "640x480"):
+        part = root / f"{size}.h264"
+        subprocess.run(
+            [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=10:duration=1",
+             "-c:v", "libx264", "-preset", "ultrafast", "-bsf:v", "h264_mp4toannexb", str(part)],
+            check=True,
+        )  # fmt: skip
+        parts.append(part.read_bytes())
+    raw = root / "switch.h264"
+    raw.write_bytes(b"".join(parts))
+    ts = root / "switch.ts"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "h264", "-i", str(raw), "-c", "copy", str(ts)], check=True)
+    return {"h264": raw, "ts": ts}
+
+
+@pytest.mark.parametrize("kind", ["h264", "ts"])
+def test_a_picture_size_change_mid_stream_is_held_to_the_cap(size_switch: dict[str, Path], kind: str) -> None:
+    limits = SourceLimits(max_pixels=64 * 48)
+    with ImageGenerator(size_switch[kind], GrabOptions(), limits=limits) as generator:
+        small = generator.image_at("0.5")
+        assert (small.width, small.height) == (64, 48)
+    for t in ("1.5", "1.0", "1.9"):
+        for options in (GrabOptions(), GrabOptions(tolerance_before=None, tolerance_after=None)):
+            with ImageGenerator(size_switch[kind], options, limits=limits) as generator:
+                # never the last small frame standing in for the refused big one
+                with pytest.raises(EngineError) as info:
+                    generator.image_at(t)
+                assert info.value.code == "source_too_many_pixels", (t, options)
+    with ImageGenerator(size_switch[kind], GrabOptions(), limits=limits) as generator:
+        results = list(generator.images_for(["0.2", "1.5", "0.8"]))
+    assert [getattr(r, "width", None) for r in results] == [64, None, 64]
+    assert results[1].error.code == "source_too_many_pixels"  # type: ignore[union-attr]
+    with ImageGenerator(size_switch[kind], GrabOptions()) as generator:  # under the default cap: both sizes
+        assert generator.image_at("1.5").width == 640
