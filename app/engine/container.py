@@ -214,7 +214,13 @@ class TrustedFile:
     def open_related(self, url: str) -> BinaryIO:
         if "://" in url or url.startswith(("file:", "data:")):
             raise EngineError("source_forbidden", "a local playlist may refer to local files only")
-        return (self.path.parent / url).open("rb")
+        # Only files in the playlist's own folder (or below), after '..' and symlinks: as the service
+        # confines its sources to the media root.
+        folder = self.path.parent.resolve()
+        target = (folder / url).resolve()
+        if not target.is_relative_to(folder):
+            raise EngineError("source_forbidden", "a local playlist may refer only to files in its own folder")
+        return target.open("rb")
 
 
 _PLAYLIST_MAX_BYTES = 8 * 1024 * 1024  # a larger "playlist" is handed over as it is
