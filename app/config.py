@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=1024**2, ge=1024, description="Largest request body; past it, 413 before anything is parsed."
     )
+    server_timing: bool = Field(
+        default=False,
+        description="`Server-Timing` on images (open, decode, render, encode, pool; cache). Off by default: whether "
+        "a grab had to open the asset or found the image made tells a caller what others fetched.",
+    )
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
     webp_method: int = Field(

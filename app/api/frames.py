@@ -52,7 +52,10 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
                 "schema": {"type": "string"},
             },
             "ETag": {"description": "Strong validator of this exact image.", "schema": {"type": "string"}},
-            "Server-Timing": {"description": "open, decode, render, encode, pool (ms).", "schema": {"type": "string"}},
+            "Server-Timing": {
+                "description": "open, decode, render, encode, pool (ms); with `STILLFRAME_SERVER_TIMING` only.",
+                "schema": {"type": "string"},
+            },
         },
     },
     304: {"description": "Not modified (`If-None-Match` matched)."},
@@ -111,7 +114,8 @@ async def serve_frame(
             return Response(status_code=304, headers={**headers, "ETag": known_etag})
         if cached := cache.get(known_etag):
             body, entity_headers = cached
-            return Response(body, headers={**headers, **entity_headers, "Server-Timing": "cache;dur=0"})
+            timing = {"Server-Timing": "cache;dur=0"} if settings.server_timing else {}
+            return Response(body, headers={**headers, **entity_headers, **timing})
     task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
     started = time.perf_counter()
     flight_key = known_etag or _etag(f"url:{params.url}", params, image_format, settings)
@@ -123,9 +127,9 @@ async def serve_frame(
     times = image_headers(result.actual_time, result.actual_time_rational, result.requested_time, image_format)
     entity_headers = {"ETag": etag, "Content-Type": result.content_type, **times}
     cache.put(etag, result.image, entity_headers)
-    return Response(
-        result.image, headers={**headers, **entity_headers, "Server-Timing": server_timing(result.timings, total)}
-    )
+    if settings.server_timing:
+        headers["Server-Timing"] = server_timing(result.timings, total)
+    return Response(result.image, headers={**headers, **entity_headers})
 
 
 def server_timing(timings: dict[str, float], total: float) -> str:
