@@ -14,8 +14,9 @@ COPY --from=build /opt/stillframe /opt/stillframe
 ENV PATH=/opt/stillframe/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    STILLFRAME_MEDIA_ROOT=/media
+    STILLFRAME_MEDIA_ROOT=/media \
+    STILLFRAME_DATA_DIR=/data
 USER stillframe
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=3)" || exit 1
 CMD ["stillframe", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,8 +15,34 @@ from app.engine.timeparse import format_fraction
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    from app.config import get_settings
+    from app.logs import log_config
+
+    settings = get_settings()
+    _prepare_metrics_dir(settings.data_dir)
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=log_config(settings.log_format, args.log_level),
+        access_log=False,  # the service logs each request itself (app.api.observe)
+        # X-Forwarded-For / -Proto are believed from these peers only; none unless configured
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+    )
     return 0
+
+
+def _prepare_metrics_dir(data_dir: Path) -> None:
+    """prometheus-client's multiprocess mode, so that /metrics is right whichever process recorded:
+    ``PROMETHEUS_MULTIPROC_DIR`` (the operator's, else ``<data_dir>/prometheus``), set before the app
+    and prometheus-client are imported (it is read then), and emptied of an earlier run's files."""
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / "prometheus")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _grab(args: argparse.Namespace) -> int:

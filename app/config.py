@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.options import DEFAULT_AVIF_SPEED, DEFAULT_WEBP_METHOD
 from app.engine.sources import SourcePolicy
+from app.net.objectstore import ObjectStorePolicy
 from app.net.policy import FetchPolicy, IPNetwork
 
 
@@ -21,6 +23,42 @@ def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [part for part in value.replace(",", " ").split() if part]
     return value
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path | None = None) -> int | None:
+    """CPUs the container's CPU quota allows (rounded up), or None with no quota: cgroup v2
+    ``cpu.max`` (``"200000 100000"``: two CPUs; ``"max 100000"``: none), else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (a quota of -1: none)."""
+    root = CGROUP_ROOT if root is None else root
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        if quota.strip() == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else max(1, math.ceil(quota_us / period_us))
+    return None
+
+
+def available_cpus(cgroup_root: Path | None = None) -> int:
+    """CPUs this process may run on (its affinity mask), capped by a cgroup CPU quota: a container
+    limited to two CPUs on a 64-core host gets two decoders, not 64."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return max(1, min(count, quota) if quota else count)
 
 
 class Settings(BaseSettings):
@@ -39,6 +77,18 @@ class Settings(BaseSettings):
     fetch_total_timeout: float = 60.0
     max_source_bytes: int = Field(default=2 * 1024**3, description="Cap on bytes read from one source.")
     max_redirects: int = 5
+    # Object storage (app/net/objectstore.py): credentials from the standard AWS places (AWS_* variables,
+    # web identity, instance or container metadata).
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible store (MinIO, R2, Ceph); unset: AWS S3 itself."
+    )
+    s3_region: str | None = Field(default=None, description="The store's region; unset: from AWS_REGION.")
+    s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Buckets s3:// sources may name (comma list); empty: none."
+    )
+    source_base: str | None = Field(
+        default=None, description="`s3://bucket/prefix/`: a relative source names an object under it."
+    )
     max_source_pixels: int = Field(default=7680 * 4320, description="Largest video frame (width x height) decoded.")
     max_duration: float = Field(default=24 * 3600, gt=0, description="Longest source accepted, in seconds.")
     max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
@@ -60,7 +110,11 @@ class Settings(BaseSettings):
     )
 
     # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Decoder processes.")
+    workers: int = Field(
+        default_factory=lambda: available_cpus(),
+        ge=1,
+        description="Decoder processes; default: the CPUs this process may use (affinity and cgroup CPU quota).",
+    )
     decode_threads: int = Field(
         default=2,
         ge=1,
@@ -82,6 +136,11 @@ class Settings(BaseSettings):
 
     # Jobs: many times per request, persisted in SQLite (WAL) with their images beside it.
     data_dir: Path = Field(default=Path("./data"), description="Jobs database and result images.")
+    results_url: str | None = Field(
+        default=None, description="Where result images go: `s3://bucket/prefix` or a folder; unset: the data dir."
+    )
+    # (0: results stream through the API; else they redirect (307) to a presigned URL living this long)
+    results_redirect: float = Field(default=0, ge=0, description="Seconds a presigned result URL lives; 0: off.")
     max_times_per_job: int = Field(default=1000, ge=1, description="Times one job may ask for.")
     result_ttl: float = Field(default=86400.0, gt=0, description="Seconds a finished job and its images are kept.")
     job_concurrency: int = Field(default=0, ge=0, description="Jobs decoding at once; 0: one per decoder worker.")
@@ -113,6 +172,25 @@ class Settings(BaseSettings):
         "authenticated request from that address is 429 until the bucket refills. Empty: no limit.",
     )
 
+    # Operations: metrics, logs, running behind a proxy.
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token `GET /metrics` requires; unset: /metrics is open like /readyz."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Server logs (one line per request included): JSON objects or plain text."
+    )
+    tracing_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. `http://collector:4318/v1/traces`); unset: no tracing. "
+        "Needs the `tracing` extra.",
+    )
+    tracing_service_name: str = Field(default="stillframe", description="`service.name` of the spans.")
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxy addresses (comma list, CIDRs allowed, `*` for any) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (uvicorn's proxy headers); unset: none, the peer is the client.",
+    )
+
     def fetch_policy(self) -> FetchPolicy:
         """What guarded fetches (sources, webhooks) may do, from these settings."""
         return FetchPolicy(
@@ -128,7 +206,20 @@ class Settings(BaseSettings):
     def source_policy(self) -> SourcePolicy:
         """What sources may read, from these settings: the media root and the fetch policy."""
         media_root = None if self.media_root is None else os.fspath(self.media_root)
-        return SourcePolicy(fetch=self.fetch_policy(), media_root=media_root)
+        return SourcePolicy(
+            fetch=self.fetch_policy(), media_root=media_root, objects=self.object_store_policy(), base=self.source_base
+        )
+
+    def object_store_policy(self) -> ObjectStorePolicy:
+        """The store s3:// sources are read from and the buckets they may name, from these settings."""
+        return ObjectStorePolicy(
+            buckets=frozenset(self.s3_buckets),
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            connect_timeout=self.fetch_connect_timeout,
+            read_timeout=self.fetch_read_timeout,
+            max_bytes=self.max_source_bytes,
+        )
 
     @field_validator("allowed_networks", mode="before")
     @classmethod
@@ -143,7 +234,17 @@ class Settings(BaseSettings):
     def _parse_ports(cls, value: object) -> object:
         return _split_list(value)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("source_base")
+    @classmethod
+    def _check_source_base(cls, value: str | None) -> str | None:
+        if value is not None:
+            bucket, _, prefix = value.removeprefix("s3://").partition("/")
+            if not value.startswith("s3://") or not bucket:
+                raise ValueError("source_base: expected s3://bucket/ or s3://bucket/prefix/")
+            value = f"s3://{bucket}/{prefix.strip('/')}/" if prefix.strip("/") else f"s3://{bucket}/"
+        return value
+
+    @field_validator("api_keys", "cors_origins", "s3_buckets", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_list(value)
@@ -171,7 +272,18 @@ class Settings(BaseSettings):
         parse_rate(str(value))
         return value
 
-    @field_validator("media_root", "webhook_secret", mode="before")
+    @field_validator(
+        "media_root",
+        "webhook_secret",
+        "s3_endpoint_url",
+        "s3_region",
+        "source_base",
+        "results_url",
+        "metrics_token",
+        "forwarded_allow_ips",
+        "tracing_endpoint",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

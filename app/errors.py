@@ -44,6 +44,8 @@ PROBLEM_CODES: dict[str, ProblemType] = {
     "result_pending": ProblemType(409, "Result not produced yet"),
     "idempotency_key_reused": ProblemType(422, "Idempotency key reused with another request"),
     "shutting_down": ProblemType(503, "Shutting down"),
+    # operations
+    "not_ready": ProblemType(503, "Not ready"),
     # HTTP itself (routing, and any other HTTP error, which keeps its own status)
     "not_found": ProblemType(404, "Not found"),
     "method_not_allowed": ProblemType(405, "Method not allowed"),

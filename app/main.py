@@ -7,17 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import frames, health, jobs
+from app.api import frames, health, jobs, metrics
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
 from app.api.bodylimit import BodyLimit
 from app.api.cache import Coalescer, ImageCache
+from app.api.observe import ObserveMiddleware
 from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.jobs.runner import JobRunner
 from app.jobs.sqlite import SqliteJobStore
+from app.jobs.storage import result_storage
 from app.pool.process import ProcessDecoderPool
+from app.tracing import install_tracing
 
 log = logging.getLogger("stillframe")
 
@@ -32,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = ProcessDecoderPool(settings)
         await pool.start()
         application.state.pool = pool
-        store = SqliteJobStore(settings.data_dir, settings.result_ttl)
+        store = SqliteJobStore(settings.data_dir, settings.result_ttl, result_storage(settings))
         runner = JobRunner(settings, store, pool)
         await runner.start()  # resumes jobs a stopped (or killed) server left unfinished
         application.state.jobs = runner
@@ -42,8 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.stop()  # drain: running jobs finish or are handed back
             await pool.stop()
             store.close()
+            if application.state.tracer_provider is not None:
+                application.state.tracer_provider.shutdown()  # sends the spans still buffered
 
-    application = FastAPI(
+    # /docs and /redoc from the Swagger UI and ReDoc files the fastapi-offline package ships (pinned
+    # with it), served here under /docs/static: the docs work with no Internet and load nothing from a CDN.
+    application = FastAPIOffline(
+        static_url="/docs/static",
         lifespan=lifespan,
         title="stillframe",
         version=__version__,
@@ -59,11 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.in_flight = Coalescer()
     install_problem_handlers(application)
     install_access_control(application, settings)
-    application.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any reading
+    application.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outside the routes: before any reading
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
+    application.include_router(metrics.router)
+    application.add_middleware(ObserveMiddleware)  # outer: every answer gets its log line and metrics
+    application.state.tracer_provider = install_tracing(application, settings)  # outermost, when configured
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")
     return application

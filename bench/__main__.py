@@ -20,7 +20,7 @@ from bench.client import client_overhead
 from bench.servers import Origin, Stillframe, process_tree, rss_bytes
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "throughput", "profile")
+SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "objstore", "throughput", "profile")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {},
     }
     origin = Origin(cache, latency=cfg.remote_latency)
+    store, store_env = scenarios.start_object_store(cfg.remote_latency) if "objstore" in wanted else (None, {})
     tmp = Path(tempfile.mkdtemp(prefix="stillframe-bench-"))
     server = None
     try:
@@ -83,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 log_path=cache / "server.log",
                 workers=args.workers,
                 data_dir=cache / "jobs-data" / stamp,
+                extra_env=store_env,
             )
 
         server = start_server()
         results["server"] = {"start_to_ready_s": round(server.start_seconds, 3), "pid": server.pid}
         print(f"server ready in {server.start_seconds:.2f} s at {server.base_url}; origin on :{origin.port}")
-        ctx = scenarios.Context(cfg, cache, stamp, assets, server, origin, tmp)
+        ctx = scenarios.Context(cfg, cache, stamp, assets, server, origin, tmp, store=store)
         results["client_overhead_ms"] = client_overhead(server.base_url, ctx.grabber)
         print(f"GET /healthz p50 ms by client: {results['client_overhead_ms']} (the grabs are timed with the first)")
         for name in SCENARIOS:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 # throughput (and memory growth) should be measured from a known start.
                 server.stop()
                 server = start_server()
-                ctx = scenarios.Context(cfg, cache, stamp, assets, server, origin, tmp)
+                ctx = scenarios.Context(cfg, cache, stamp, assets, server, origin, tmp, store=store)
                 print(f"  (fresh server for throughput, ready in {server.start_seconds:.2f} s)")
             t0 = time.perf_counter()
             try:
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
         origin.stop()
+        if store is not None:
+            store.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(cache / "cold" / stamp, ignore_errors=True)
         shutil.rmtree(cache / "jobs-data" / stamp, ignore_errors=True)

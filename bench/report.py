@@ -186,16 +186,14 @@ def table(results: dict[str, Any]) -> list[str]:
                 "",
             )
         )
-    for asset, block in (sc.get("remote") or {}).items():
-        if not isinstance(block, dict) or "stillframe_exact" not in block:
-            continue
+    for scenario, asset, block in _remote_blocks(sc):
         cli = block["ffmpeg_cli"].get("p50_ms")
         for method in ("stillframe_exact", "stillframe_keyframe", "ffmpeg_cli"):
             m = block[method]
             extra = f" [{_fmt(m.get('requests_per_grab_p50'), 0)} req, {_kib(m.get('bytes_per_grab_p50'))}]"
             rows.append(
                 (
-                    "remote",
+                    scenario,
                     asset,
                     method + extra,
                     str(m.get("n")),
@@ -313,12 +311,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 r[f"cli_vs_{name}"] >= 10,
                 f"CLI {batch['ffmpeg_cli']['seconds_for_all']} s / {batch[name]['seconds']} s = {r[f'cli_vs_{name}']}x",
             )
-    for key, b in (sc.get("remote") or {}).items():
-        if not isinstance(b, dict) or "stillframe_exact" not in b:
-            continue
+    for scenario, key, b in _remote_blocks(sc):
         se = b["stillframe_exact"]
         add(
-            f"remote bytes per exact grab < 2x GOP after the first request ({key})",
+            f"{scenario} bytes per exact grab < 2x GOP after the first request ({key})",
             se["bytes_vs_gop"] < 2,
             f"{se['bytes_per_grab_mean']} B/grab vs GOP {se['gop_bytes_mean']} B = {se['bytes_vs_gop']}x "
             f"(p50 {_fmt(se['bytes_vs_gop_p50'], 2)}x), {_fmt(se['requests_per_grab_p50'], 0)} requests/grab",
@@ -341,3 +337,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
         add("no error but 429 at 1/8/64 clients", not others, f"other statuses: {others or 'none'}")
     return out
+
+
+def _remote_blocks(sc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(scenario, asset, block) of the remote grabs measured: over HTTP, and from the object store."""
+    return [
+        (scenario, asset, block)
+        for scenario in ("remote", "objstore")
+        for asset, block in (sc.get(scenario) or {}).items()
+        if isinstance(block, dict) and "stillframe_exact" in block
+    ]

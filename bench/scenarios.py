@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import functools
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import resource
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from bench.client import LeanClient
 from bench.media import Asset, cold_copies
 from bench.servers import Origin, Stillframe, TreeMonitor, process_tree
 from bench.stats import parse_server_timing, percentile, ratio, summary, timing_breakdown
+from tests.s3_server import CREDENTIALS, S3Server, S3Unavailable
 
 
 @dataclass
@@ -116,6 +119,7 @@ class Context:
     origin: Origin
     tmp: Path
     say: Any = print
+    store: S3Server | None = None  # the object store (moto's server), where it can run
     client: httpx.Client = field(init=False)  # jobs and everything but the timed grabs
     grabber: LeanClient = field(init=False)  # the timed grabs (see bench.client)
 
@@ -704,22 +708,56 @@ def scenario_remote(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     out: dict[str, Any] = {"latency_ms_per_request": cfg.remote_latency * 1000}
     for key in [k for k in cfg.remote_assets if k in ctx.assets]:
-        out[key] = _remote_asset(ctx, ctx.assets[key])
+        asset = ctx.assets[key]
+        url = ctx.origin.url(asset.rel)
+        out[key] = _remote_asset(ctx, asset, url, url, functools.partial(ctx.origin.counts, asset.rel), "remote")
     return out
 
 
-def _remote_asset(ctx: Context, asset: Asset) -> dict[str, Any]:
+BENCH_BUCKET = "bench-media"
+
+
+def start_object_store(latency: float) -> tuple[S3Server | None, dict[str, str]]:
+    """moto's S3 server behind a front that waits ``latency`` per request, with the bench bucket, and the
+    server settings that read from it; (None, {}) where it cannot run."""
+    try:
+        store = S3Server(latency=latency).start()
+    except S3Unavailable as exc:
+        print(f"  (no object store: {exc}; the objstore scenario is skipped)")
+        return None, {}
+    store.create_bucket(BENCH_BUCKET)
+    return store, {"STILLFRAME_S3_ENDPOINT_URL": store.endpoint, "STILLFRAME_S3_BUCKETS": BENCH_BUCKET, **CREDENTIALS}
+
+
+def scenario_objstore(ctx: Context) -> dict[str, Any]:
+    """As ``remote``, from an object store (s3://) with the same latency per request: the ffmpeg CLI
+    reads the same object through a presigned URL."""
+    store = ctx.store
+    if store is None:
+        return {"skipped": "no S3-API server (moto[server]) here"}
+    out: dict[str, Any] = {"latency_ms_per_request": store.latency * 1000}
+    for key in [k for k in ctx.cfg.remote_assets if k in ctx.assets]:
+        asset = ctx.assets[key]
+        store.put(BENCH_BUCKET, asset.rel, asset.path.read_bytes())  # (straight to the store: not counted)
+        counts = functools.partial(store.counts, f"/{BENCH_BUCKET}/{asset.rel}")
+        cli_url = store.presigned_url(BENCH_BUCKET, asset.rel)
+        out[key] = _remote_asset(ctx, asset, f"s3://{BENCH_BUCKET}/{asset.rel}", cli_url, counts, "objstore")
+    return out
+
+
+def _remote_asset(
+    ctx: Context, asset: Asset, url: str, cli_url: str, counts: Callable[[], tuple[int, int]], label: str
+) -> dict[str, Any]:
+    """Grabs of ``url`` (the CLI reads ``cli_url``), with the requests and bytes ``counts`` saw each take."""
     cfg = ctx.cfg
-    origin = ctx.origin
     key = asset.key
-    url = origin.url(asset.rel)
     times = ctx.times(asset, cfg.remote_samples * 2 + 1, "remote")
     errors: Counter[str] = Counter()
 
     def counted(call: Any) -> tuple[Any, int, int]:
-        r0, b0 = origin.counts(asset.rel)
+        r0, b0 = counts()
         value = call()
-        r1, b1 = origin.counts(asset.rel)
+        r1, b1 = counts()
         return value, r1 - r0, b1 - b0
 
     first, first_req, first_bytes = counted(lambda: http_grab(ctx, url, times[0]))
@@ -747,7 +785,7 @@ def _remote_asset(ctx: Context, asset: Asset) -> dict[str, Any]:
         keyframe["bytes"].append(n_bytes)
     cli: dict[str, list[Any]] = {"seconds": [], "requests": [], "bytes": []}
     for t in times[1 : cfg.remote_cli_samples + 1]:
-        result, n_req, n_bytes = counted(lambda t=t: baselines.ffmpeg_cli_grab(url, t, ctx.tmp / "cli.jpg"))
+        result, n_req, n_bytes = counted(lambda t=t: baselines.ffmpeg_cli_grab(cli_url, t, ctx.tmp / "cli.jpg"))
         if result.ok:
             cli["seconds"].append(result.wall)
             cli["requests"].append(n_req)
@@ -791,7 +829,7 @@ def _remote_asset(ctx: Context, asset: Asset) -> dict[str, Any]:
     block["ratios"] = {"exact_vs_cli": ratio(block["stillframe_exact"]["p50_ms"], block["ffmpeg_cli"]["p50_ms"])}
     se = block["stillframe_exact"]
     ctx.say(
-        f"  remote {key:<22} first {block['first_request']['ms']} ms / {first_req} req / {first_bytes} B; "
+        f"  {label} {key:<22} first {block['first_request']['ms']} ms / {first_req} req / {first_bytes} B; "
         f"exact p50 {se['p50_ms']} ms, {se['requests_per_grab_p50']} req, {se['bytes_per_grab_p50']} B "
         f"({se['bytes_vs_gop']}x GOP); cli p50 {block['ffmpeg_cli']['p50_ms']} ms, "
         f"{block['ffmpeg_cli']['requests_per_grab_p50']} req, {block['ffmpeg_cli']['bytes_per_grab_p50']} B"

@@ -163,14 +163,20 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Run]:
         mix_assets=("720p_gop2", "1080p_gop2"),
     )
     origin = Origin(cache, latency=0.0)
-    server = Stillframe(cache, origin_port=origin.port, log_path=cache / "server.log", data_dir=cache / "jobs")
+    store, store_env = scenarios.start_object_store(0.0)
+    server = Stillframe(
+        cache, origin_port=origin.port, log_path=cache / "server.log", data_dir=cache / "jobs", extra_env=store_env
+    )
     tmp = cache / "tmp"
     tmp.mkdir()
     try:
-        yield _Run(scenarios.Context(cfg, cache, "test", assets, server, origin, tmp, say=lambda _: None), assets)
+        ctx = scenarios.Context(cfg, cache, "test", assets, server, origin, tmp, say=lambda _: None, store=store)
+        yield _Run(ctx, assets)
     finally:
         server.stop()
         origin.stop()
+        if store is not None:
+            store.stop()
         shutil.rmtree(cache, ignore_errors=True)
 
 
@@ -254,3 +260,19 @@ def test_formats_scenario_encodes_every_format(bench_run: _Run) -> None:
     assert {row["format"] for row in rows} == {"jpeg", "webp", "avif"}
     assert sum(row["default"] for row in rows) == 3  # one row per format is the server's default setting
     assert all(row["bytes"] > 0 and row["psnr_db_median"] > 25 for row in rows)
+
+
+def test_objstore_scenario_counts_what_the_store_serves(bench_run: _Run) -> None:
+    """The same measurement as ``remote``, of s3:// objects (moto's server with the bench's latency)."""
+    out = scenarios.scenario_objstore(bench_run.ctx)
+    if "skipped" in out:
+        pytest.skip(out["skipped"])
+    for key in ("1080p_gop2", "1080p_gop2_moovend"):
+        block, size = out[key], bench_run.assets[key].size
+        assert block["errors"] == {}
+        assert block["first_request"]["requests"] >= 1
+        assert 0 < block["first_request"]["bytes"] <= size
+        exact = block["stillframe_exact"]
+        assert exact["n"] == 3
+        assert 0 <= exact["bytes_per_grab_mean"] < size
+        assert block["ffmpeg_cli"]["bytes_per_grab_p50"] > 0  # through a presigned URL, counted the same way

@@ -261,7 +261,7 @@ class SignedUrlMiddleware:
                 query = raw.decode("latin-1")
                 kept = _without_signature(query)
                 if len(kept) != len([p for p in query.split("&") if p]):
-                    scope = dict(scope)
+                    # (in place: outer middleware, app.api.observe, reads the route the router adds here)
                     scope["query_string"] = "&".join(kept).encode("latin-1")
                     scope[_SCOPE_KEY] = _SignedRequest(path, query)
         await self.app(scope, receive, send)

@@ -20,6 +20,10 @@ class ImageCache:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
     def get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
         item = self._items.get(key)
         if item is None:

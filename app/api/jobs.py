@@ -317,15 +317,20 @@ async def get_result(
     headers = {"ETag": record.etag or "", "Cache-Control": "private, max-age=3600"}
     if none_match(if_none_match, record.etag):
         return Response(status_code=304, headers=headers)
-    try:
-        image = await asyncio.to_thread((runner.store.data_dir / record.file).read_bytes)
-    except OSError:
-        raise JobError("result_not_found", f"the image of time {index} has expired") from None
-    content_type = record.content_type or "application/octet-stream"
     rational = format_rational_time(record.actual_time, record.time_base or record.actual_time)
     image_format = (record.content_type or "image/jpeg").removeprefix("image/")
     headers.update(image_headers(record.actual_time, rational, record.requested_time, image_format))
-    return Response(content=image, media_type=content_type, headers=headers)
+    storage = runner.store.images
+    if runner.settings.results_redirect and (
+        url := await storage.signed_url(record.file, runner.settings.results_redirect)
+    ):
+        return Response(status_code=307, headers={**headers, "Location": url})  # large results bypass the API
+    opened = await storage.open(record.file)
+    if opened is None:
+        raise JobError("result_not_found", f"the image of time {index} has expired")
+    size, chunks = opened
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(chunks, media_type=record.content_type or "application/octet-stream", headers=headers)
 
 
 @router.get(

@@ -1,11 +1,13 @@
-"""Where asset bytes come from: local files under the media root, or guarded HTTP(S).
+"""Where asset bytes come from: local files under the media root, guarded HTTP(S), or object storage.
 
 FFmpeg never opens a URL or path itself: it reads through the file-like objects made here.
 
 Accepted source strings (see :func:`resolve_source`):
 
 * ``http://…`` / ``https://…``: fetched through the SSRF guard in :mod:`app.net`.
-* a relative path (``clips/a.mp4``), resolved under ``SourcePolicy.media_root``;
+* ``s3://bucket/key``: an object in a bucket on ``SourcePolicy.objects``' allow-list (ranged GETs);
+* a relative path (``clips/a.mp4``), resolved under ``SourcePolicy.media_root``, or under
+  ``SourcePolicy.base`` (an ``s3://bucket/prefix/``) when one is set;
 * ``file:relative/path`` or ``file:///absolute/path`` (percent-encoded), and bare absolute paths:
   only when they land inside the media root after resolving ``..`` and symlinks.
 
@@ -19,26 +21,31 @@ import os
 import re
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol, cast
 from urllib.parse import quote, unquote_to_bytes, urljoin, urlsplit
 
 from app.engine.errors import EngineError
+from app.net.blocks import BlockReader
+from app.net.objectstore import ObjectMeta, ObjectRangeReader, ObjectStorePolicy, parse_s3_url
 from app.net.policy import FetchPolicy
 from app.net.ranged import HttpRangeReader
 from app.net.urls import DEFAULT_PORTS, Resolver, check_url_full
 
-__all__ = ["HttpSource", "LocalSource", "Source", "SourcePolicy", "resolve_source"]
+__all__ = ["HttpSource", "LocalSource", "S3Source", "Source", "SourcePolicy", "resolve_source"]
 
 
 @dataclass(frozen=True)
 class SourcePolicy:
-    """What sources may read: files under ``media_root`` (``None``: no local files at all), and URLs
-    as ``fetch`` allows. Frozen and picklable: sources carry it into decoder processes."""
+    """What sources may read: files under ``media_root`` (``None``: no local files at all), URLs as
+    ``fetch`` allows, and objects in the buckets ``objects`` allows; with a ``base``, a relative
+    source names an object under it instead of a file. Frozen and picklable: sources carry it into decoder processes."""
 
     fetch: FetchPolicy
     media_root: str | None = None
+    objects: ObjectStorePolicy = field(default_factory=ObjectStorePolicy)  # buckets and store for s3://
+    base: str | None = None  # "s3://bucket/prefix/": relative sources name objects under it
 
 
 class Source(Protocol):
@@ -69,7 +76,7 @@ def _scheme_of(url: str) -> str | None:
 def _refuse_scheme(scheme: str) -> EngineError:
     return EngineError(
         "source_forbidden",
-        f"source scheme '{scheme}:' is not supported; use an http(s) URL or a path under the media root",
+        f"source scheme '{scheme}:' is not supported; use an http(s) or s3 URL or a path under the media root",
     )
 
 
@@ -209,33 +216,14 @@ def _local_from_file_url(url: str, policy: SourcePolicy, *, resolver: Resolver |
 # --------------------------------------------------------------------------------------------------
 
 
-class HttpSource:
-    """A remote asset read with HTTP Range requests through the SSRF guard.
+class _RemoteSource:
+    """A source whose ``identity`` is learnt from the first read (a request): reading it opens a
+    reader, which the next :meth:`open` is handed instead of opening another."""
 
-    The URL is checked when the source is made and again (with every redirect hop) on each request.
-    ``identity`` is learnt from the first response (ETag, Last-Modified, size); reading it makes that
-    request if needed, and the reader it opened is handed to the next :meth:`open`.
-    """
-
-    def __init__(self, url: str, policy: FetchPolicy, *, resolver: Resolver | None = None) -> None:
-        checked = check_url_full(url, policy, resolver)
-        self.url = checked.url  # normalised
-        self.policy = policy
-        self._resolver = resolver
-        host = f"[{checked.host}]" if ":" in checked.host else checked.host
-        port = "" if checked.port == DEFAULT_PORTS[checked.scheme] else f":{checked.port}"
-        path = urlsplit(checked.url).path or "/"
-        self.display_name = f"{checked.scheme}://{host}{port}{path}"  # no query: it may hold tokens
-        self.etag: str | None = None
-        self.last_modified: str | None = None
-        self.size: int | None = None
-        self.final_url: str | None = None
+    def __init__(self) -> None:
         self._identity: str | None = None
-        self._spare: HttpRangeReader | None = None
+        self._spare: BlockReader | None = None
         self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"HttpSource({self.display_name!r})"
 
     def __getstate__(self) -> dict[str, object]:
         # Picklable for worker processes: the lock and any open reader stay behind.
@@ -248,15 +236,12 @@ class HttpSource:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _learn(self, reader: HttpRangeReader) -> None:
-        if self._identity is None:
-            self.etag, self.last_modified, self.size = reader.etag, reader.last_modified, reader.size
-            self.final_url = reader.final_url
-            size = "" if reader.size is None else str(reader.size)
-            self._identity = f"http:{self.url}:{reader.etag or ''}:{reader.last_modified or ''}:{size}"
+    def _new_reader(self) -> BlockReader:
+        raise NotImplementedError
 
-    def _new_reader(self) -> HttpRangeReader:
-        return HttpRangeReader(self.url, self.policy, resolver=self._resolver)
+    def _learn(self, reader: BlockReader) -> None:
+        """Set ``_identity`` (and what else the source tells) from the first reader opened."""
+        raise NotImplementedError
 
     @property
     def identity(self) -> str:
@@ -279,8 +264,52 @@ class HttpSource:
         if reader is None or reader.closed:
             reader = self._new_reader()
             with self._lock:
-                self._learn(reader)
+                if self._identity is None:
+                    self._learn(reader)
         return cast(BinaryIO, reader)
+
+    def close(self) -> None:
+        """Release a reader opened for ``identity`` and never handed out."""
+        with self._lock:
+            reader, self._spare = self._spare, None
+        if reader is not None:
+            reader.close()
+
+
+class HttpSource(_RemoteSource):
+    """A remote asset read with HTTP Range requests through the SSRF guard.
+
+    The URL is checked when the source is made and again (with every redirect hop) on each request.
+    ``identity`` is learnt from the first response (ETag, Last-Modified, size).
+    """
+
+    def __init__(self, url: str, policy: FetchPolicy, *, resolver: Resolver | None = None) -> None:
+        super().__init__()
+        checked = check_url_full(url, policy, resolver)
+        self.url = checked.url  # normalised
+        self.policy = policy
+        self._resolver = resolver
+        host = f"[{checked.host}]" if ":" in checked.host else checked.host
+        port = "" if checked.port == DEFAULT_PORTS[checked.scheme] else f":{checked.port}"
+        path = urlsplit(checked.url).path or "/"
+        self.display_name = f"{checked.scheme}://{host}{port}{path}"  # no query: it may hold tokens
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.size: int | None = None
+        self.final_url: str | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.display_name!r})"
+
+    def _learn(self, reader: BlockReader) -> None:
+        assert isinstance(reader, HttpRangeReader)
+        self.etag, self.last_modified, self.size = reader.etag, reader.last_modified, reader.size
+        self.final_url = reader.final_url
+        size = "" if reader.size is None else str(reader.size)
+        self._identity = f"http:{self.url}:{reader.etag or ''}:{reader.last_modified or ''}:{size}"
+
+    def _new_reader(self) -> HttpRangeReader:
+        return HttpRangeReader(self.url, self.policy, resolver=self._resolver)
 
     def related_source(self, url: str) -> HttpSource:
         """The source ``url`` (from a playlist fetched here) refers to: http(s) only, guarded."""
@@ -293,12 +322,70 @@ class HttpSource:
     def open_related(self, url: str) -> BinaryIO:
         return self.related_source(url).open()
 
-    def close(self) -> None:
-        """Release a reader opened for ``identity`` and never handed out."""
-        with self._lock:
-            reader, self._spare = self._spare, None
-        if reader is not None:
-            reader.close()
+
+# --------------------------------------------------------------------------------------------------
+# Object storage
+# --------------------------------------------------------------------------------------------------
+
+
+class S3Source(_RemoteSource):
+    """An object in an S3 (or S3-compatible) store, read with ranged GETs (:mod:`app.net.objectstore`).
+
+    The bucket must be on the policy's allow-list. ``identity`` is the object's ETag and version,
+    learnt from the first read.
+    """
+
+    def __init__(self, url: str, policy: SourcePolicy) -> None:
+        super().__init__()
+        self.bucket, self.key = parse_s3_url(url)
+        if self.bucket not in policy.objects.buckets:
+            raise EngineError("source_forbidden", f"the bucket '{self.bucket}' is not open to this service")
+        self.policy = policy
+        self.display_name = f"s3://{self.bucket}/{self.key}"
+        self.meta: ObjectMeta | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Source({self.display_name!r})"
+
+    def _new_reader(self) -> ObjectRangeReader:
+        return ObjectRangeReader(self.policy.objects, self.bucket, self.key)
+
+    def _learn(self, reader: BlockReader) -> None:
+        assert isinstance(reader, ObjectRangeReader) and reader.meta is not None
+        self.meta = meta = reader.meta
+        self._identity = f"s3:{self.bucket}/{self.key}:{meta.etag or ''}:{meta.version or ''}:{meta.size}"
+
+    def related_source(self, url: str) -> Source:
+        """The source ``url`` (from a playlist in this object) refers to: another object (relative,
+        or ``s3://`` on the allow-list) or a guarded http(s) URL."""
+        _check_chars(url)
+        scheme = _scheme_of(url)
+        if scheme in _HTTP_SCHEMES:
+            return HttpSource(url, self.policy.fetch)
+        if scheme == "s3":
+            return S3Source(url, self.policy)
+        if scheme is not None:
+            raise _refuse_scheme(scheme)
+        return S3Source(_object_url(self.display_name, url), self.policy)
+
+    def open_related(self, url: str) -> BinaryIO:
+        return self.related_source(url).open()
+
+
+def _object_url(base: str, relative: str) -> str:
+    """``relative`` (a key path, ``..`` allowed) resolved against the object URL ``base`` (a
+    "folder" when it ends in ``/``), never above its bucket."""
+    bucket, _, base_key = base[len("s3://") :].partition("/")
+    path = relative.split("?", 1)[0].split("#", 1)[0]
+    parts = [] if path.startswith("/") else base_key.split("/")[:-1]
+    for part in path.split("/"):
+        if part == "..":
+            if not parts:
+                raise EngineError("source_forbidden", "the path goes above its bucket")
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return f"s3://{bucket}/{'/'.join(parts)}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,9 +409,23 @@ def resolve_source(url: str, policy: SourcePolicy, *, resolver: Resolver | None 
     scheme = _scheme_of(url)
     if scheme in _HTTP_SCHEMES:
         return HttpSource(url, policy.fetch, resolver=resolver)
+    if scheme == "s3":
+        return S3Source(url, policy)
     if scheme == "file":
         _media_root(policy)  # "disabled" beats any other complaint
         return _local_from_file_url(url, policy, resolver=resolver)
     if scheme is not None:
         raise _refuse_scheme(scheme)
+    if policy.base is not None:
+        return S3Source(_under_base(policy.base, url), policy)
     return LocalSource(url, policy, resolver=resolver)
+
+
+def _under_base(base: str, path: str) -> str:
+    """The object ``path`` names under the source base (a prefix: ``s3://bucket/prefix/``); ``..``
+    may not leave the prefix."""
+    folder = base if base.endswith("/") else base + "/"
+    url = _object_url(folder, path)
+    if not url.startswith(folder) or url == folder:
+        raise EngineError("source_forbidden", "the path is outside the source base")
+    return url

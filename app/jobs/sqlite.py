@@ -3,16 +3,17 @@
 Every state change is one transaction that also appends the job's event and, for jobs with a
 callback, the webhook delivery for it: a result, its event and its delivery exist together or not
 at all, so a crash (kill -9 included) loses nothing and never records a time twice. Result images
-are files under ``<data_dir>/results/<job id>/``, written (atomically, by rename) before the row that
-points at them; a file whose row never committed is simply written again when the time is redone.
+are kept by a :class:`~app.jobs.storage.ResultStorage` (files under ``<data_dir>/results/<job id>/`` by
+default), written whole before the row that points at them; an image whose row never committed is
+simply written again when the time is redone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
-import shutil
 import sqlite3
 import threading
 import time
@@ -34,11 +35,11 @@ from app.jobs.model import (
     JobStatus,
     ResultRecord,
 )
+from app.jobs.storage import LocalResultStorage, ResultStorage, result_name
 
 T = TypeVar("T")
 
 DB_NAME = "jobs.sqlite3"
-RESULTS_DIR = "results"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -124,9 +125,10 @@ class SqliteJobStore:
     leaves no files behind.
     """
 
-    def __init__(self, data_dir: Path, result_ttl: float) -> None:
+    def __init__(self, data_dir: Path, result_ttl: float, images: ResultStorage | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.result_ttl = result_ttl
+        self.images: ResultStorage = images if images is not None else LocalResultStorage(self.data_dir)
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -164,6 +166,31 @@ class SqliteJobStore:
                 return value
 
         return await asyncio.to_thread(work)
+
+    async def status_counts(self) -> dict[str, int]:
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            return {str(status): int(count) for status, count in rows}
+
+        return await self._run(work, create=False)
+
+    async def check_writable(self) -> None:
+        """Raise OSError or sqlite3.Error unless a job (and local result images) could be written now: a file
+        created, written, synced and removed in the data directory, and the database's write lock
+        taken (the same ``BEGIN IMMEDIATE`` every change starts with)."""
+
+        def probe() -> None:
+            path = self.data_dir / f".ready-{os.getpid()}-{threading.get_ident()}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ready")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+
+        await self._run(lambda db: None)  # (creates the directory and the database on first use)
+        await asyncio.to_thread(probe)
 
     def close(self) -> None:
         with self._lock:
@@ -294,17 +321,9 @@ class SqliteJobStore:
         await self._run(work)
 
     async def save_image(self, job_id: str, index: int, data: bytes, extension: str) -> str:
-        relative = f"{RESULTS_DIR}/{job_id}/{index}.{extension}"
-
-        def work() -> str:
-            path = self.data_dir / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".part")
-            partial.write_bytes(data)
-            partial.replace(path)
-            return relative
-
-        return await asyncio.to_thread(work)
+        name = result_name(job_id, index, extension)
+        await self.images.save(name, data)
+        return name
 
     async def record(self, job_id: str, record: ResultRecord) -> JobEvent | None:
         def work(db: sqlite3.Connection) -> JobEvent | None:
@@ -340,7 +359,7 @@ class SqliteJobStore:
 
         event = await self._run(work)
         if event is None and record.file is not None:
-            await asyncio.to_thread(_unlink, self.data_dir / record.file)  # not ours to keep
+            await self.images.delete(record.file)  # not ours to keep
         return event
 
     async def finish(self, job_id: str, status: JobStatus, error: dict[str, Any] | None = None) -> JobEvent | None:
@@ -414,7 +433,7 @@ class SqliteJobStore:
 
         ids = await self._run(work, create=False)
         for job_id in ids:
-            await asyncio.to_thread(shutil.rmtree, self.data_dir / RESULTS_DIR / job_id, True)
+            await self.images.delete_job(job_id)
         return ids
 
     # ------------------------------------------------------------------ deliveries
@@ -490,10 +509,6 @@ class _Empty:
 
 
 _EMPTY: Any = _Empty()
-
-
-def _unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _load_job(db: sqlite3.Connection, job_id: str) -> Job | None:

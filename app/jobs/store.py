@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.jobs.model import Delivery, Job, JobEvent, JobSpec, JobStatus, ResultRecord
+from app.jobs.storage import ResultStorage
 
 
 class JobStore(Protocol):
     """What the runner, the webhook dispatcher and the API need from persistence."""
 
     data_dir: Path
+    images: ResultStorage  # where the result images are
 
     async def create(self, spec: JobSpec) -> tuple[Job, bool]:
         """The new job (and True), or the job an earlier request with the same idempotency key made
@@ -35,6 +37,14 @@ class JobStore(Protocol):
         ...
 
     async def mark_running(self, job_id: str) -> bool: ...
+
+    async def status_counts(self) -> dict[str, int]:
+        """How many jobs are in each status (for ``/metrics``)."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Raise unless jobs and their images can be written now (for ``/readyz``)."""
+        ...
 
     async def requeue(self, job_id: str) -> None: ...
 

@@ -25,7 +25,9 @@ from standardwebhooks import Webhook
 from app.config import Settings
 from app.engine.errors import EngineError
 from app.jobs.model import Delivery
+from app.jobs.storage import result_storage
 from app.jobs.store import JobStore
+from app.metrics import WEBHOOK_ATTEMPTS
 from app.net.client import GuardedClient
 
 log = logging.getLogger("stillframe.webhooks")
@@ -79,10 +81,8 @@ def build_body(delivery: Delivery, settings: Settings) -> bytes:
     and the file still exists."""
     if delivery.image_file is None:
         return delivery.payload.encode()
-    path = settings.data_dir / delivery.image_file
-    try:
-        image = path.read_bytes()
-    except OSError:
+    image = result_storage(settings).read_bytes(delivery.image_file)
+    if image is None:
         return delivery.payload.encode()
     payload = json.loads(delivery.payload)
     payload["data"]["image"] = base64.b64encode(image).decode("ascii")
@@ -195,14 +195,17 @@ class WebhookDispatcher:
             started = time.time()
             attempt = await asyncio.to_thread(send, delivery, self.settings, self.webhook)
             if attempt.delivered:
+                WEBHOOK_ATTEMPTS.labels("delivered").inc()
                 await self.store.delivery_succeeded(delivery.id)
             elif attempt.gone:
+                WEBHOOK_ATTEMPTS.labels("gone").inc()
                 log.info("webhook endpoint answered 410 Gone: no more deliveries to it")
                 await self.store.stop_endpoint(delivery.url)
             else:
                 first = delivery.first_attempt_at or started
                 now = time.time()
                 retry_at = next_attempt(delivery.attempts + 1, first, now, self.settings)
+                WEBHOOK_ATTEMPTS.labels("gave_up" if retry_at is None else "retry").inc()
                 if retry_at is None:
                     log.warning("webhook %s: giving up after %d attempts", delivery.id, delivery.attempts + 1)
                     await self.store.delivery_gave_up(delivery.id, started, attempt.error)

@@ -8,7 +8,10 @@ Each layer builds on the one before, and each has a small interface:
   a forbidden address, returning the addresses a connection may use;
 * :mod:`app.net.client`: ``GuardedClient`` sends requests to exactly those addresses, checking every
   redirect hop; ``fetch_bytes`` is the one-shot form;
-* :mod:`app.net.ranged`: ``HttpRangeReader``, a seekable file object over a URL (Range requests).
+* :mod:`app.net.blocks`: ``BlockReader``, the block cache and readahead both ranged readers share;
+* :mod:`app.net.ranged`: ``HttpRangeReader``, a seekable file object over a URL (Range requests);
+* :mod:`app.net.objectstore`: ``ObjectRangeReader`` over an S3 object (ranged GETs pinned to its ETag
+  and version), the buckets a caller may name (``ObjectStorePolicy``) and the store handles.
 
 Nothing here knows the service's settings: :mod:`app.config` builds the policy.
 """

@@ -6,22 +6,20 @@ FFmpeg reads remote media through it (see :mod:`app.engine.sources`): every requ
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import IO, Final
 
 from app.engine.errors import EngineError
+from app.net.blocks import DEFAULT_BLOCK_SIZE, BlockReader
 from app.net.client import FetchResponse, GuardedClient
 from app.net.policy import FetchPolicy
 from app.net.urls import Resolver, display_host
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "HttpRangeReader"]
 
-DEFAULT_BLOCK_SIZE: Final = 256 * 1024
 
 _CONTENT_RANGE_RE: Final = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*\Z", re.IGNORECASE)
 
@@ -39,7 +37,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int
     return first, last, total
 
 
-class HttpRangeReader(io.RawIOBase):
+class HttpRangeReader(BlockReader):
     """A read-only, seekable binary file over a remote URL, fetched with HTTP Range requests.
 
     Reads are served from block-aligned fetches (``block_size``, default 256 KiB) kept in a small LRU,
@@ -61,17 +59,9 @@ class HttpRangeReader(io.RawIOBase):
         client: GuardedClient | None = None,
         resolver: Resolver | None = None,
     ) -> None:
-        super().__init__()
-        if block_size <= 0 or cache_blocks <= 0 or max_readahead_blocks <= 0:
-            raise ValueError("block_size, cache_blocks and max_readahead_blocks must be positive")
+        super().__init__(block_size=block_size, cache_blocks=cache_blocks, max_readahead_blocks=max_readahead_blocks)
         self.url = url
         self.policy = policy
-        self.block_size = block_size
-        self.cache_blocks = cache_blocks
-        self.max_readahead_blocks = max_readahead_blocks
-        self.requests_made = 0
-        self.bytes_fetched = 0
-        self.size: int | None = None
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.content_type: str | None = None
@@ -80,10 +70,6 @@ class HttpRangeReader(io.RawIOBase):
         self._host = display_host(url)
         self._owns_client = client is None
         self._client = client if client is not None else GuardedClient(policy, resolver=resolver)
-        self._pos = 0
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
-        self._next_sequential_block = -1
-        self._streak = 0
         # fallback (no range support)
         self._spool: IO[bytes] | None = None
         self._spooled = 0
@@ -167,22 +153,6 @@ class HttpRangeReader(io.RawIOBase):
         self.bytes_fetched += got
         return b"".join(parts), total
 
-    # -- block cache ---------------------------------------------------------------------------------
-
-    def _store(self, start: int, data: bytes) -> dict[int, bytes]:
-        """Split ``data`` (starting at block-aligned ``start``) into blocks and cache them."""
-        bs = self.block_size
-        out: dict[int, bytes] = {}
-        for off in range(0, len(data), bs):
-            idx = (start + off) // bs
-            block = data[off : off + bs]
-            out[idx] = block
-            self._blocks[idx] = block
-            self._blocks.move_to_end(idx)
-        while len(self._blocks) > self.cache_blocks:
-            self._blocks.popitem(last=False)
-        return out
-
     def _fetch_blocks(self, first_block: int, last_block: int) -> dict[int, bytes]:
         bs = self.block_size
         start = first_block * bs
@@ -214,57 +184,6 @@ class HttpRangeReader(io.RawIOBase):
         if self.size is None and total is not None:
             self.size = total
         return self._store(start, data)
-
-    def _read_ranged(self, start: int, n: int) -> bytes:
-        if self.size is not None:
-            n = min(n, self.size - start)
-        if n <= 0:
-            return b""
-        bs = self.block_size
-        first, last = start // bs, (start + n - 1) // bs
-        have: dict[int, bytes] = {}
-        idx = first
-        while idx <= last:
-            cached = self._blocks.get(idx)
-            if cached is not None:
-                self._blocks.move_to_end(idx)
-                have[idx] = cached
-                idx += 1
-                continue
-            run_end = idx
-            while run_end + 1 <= last and (run_end + 1) not in self._blocks:
-                run_end += 1
-            # Readahead: grow the window while the reader keeps going forward block after block.
-            if idx == self._next_sequential_block:
-                self._streak = min(self._streak + 1, 16)
-            else:
-                self._streak = 0
-            extra = min(self.max_readahead_blocks, 2**self._streak) - (run_end - idx + 1)
-            fetch_end = run_end
-            while extra > 0 and (fetch_end + 1) not in self._blocks:
-                if self.size is not None and (fetch_end + 1) * bs >= self.size:
-                    break
-                fetch_end += 1
-                extra -= 1
-            got = self._fetch_blocks(idx, fetch_end)
-            self._next_sequential_block = fetch_end + 1
-            for i in range(idx, run_end + 1):
-                if i not in got:
-                    break  # end of file
-                have[i] = got[i]
-            idx = run_end + 1
-        pieces: list[bytes] = []
-        pos = start
-        remaining = n
-        while remaining > 0:
-            block = have.get(pos // bs)
-            piece = b"" if block is None else block[pos % bs : pos % bs + remaining]
-            if not piece:
-                break  # end of file
-            pieces.append(piece)
-            pos += len(piece)
-            remaining -= len(piece)
-        return b"".join(pieces)
 
     # -- fallback: sequential spool ------------------------------------------------------------------
 
@@ -317,63 +236,13 @@ class HttpRangeReader(io.RawIOBase):
         self._spool.seek(start)
         return self._spool.read(end - start)
 
-    # -- file API ------------------------------------------------------------------------------------
+    def _known_size(self) -> int:
+        if self.size is None and self._spool is not None:
+            self._fill(None)
+        return super()._known_size()
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            if self.size is None and self._spool is not None:
-                self._fill(None)
-            if self.size is None:
-                raise OSError("size of the remote file is unknown")
-            pos = self.size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence})")
-        if pos < 0:
-            raise OSError("negative seek position")
-        self._pos = pos
-        return pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        self._checkClosed()  # type: ignore[attr-defined]
-        if size is None or size < 0:
-            if self.size is None and self._spool is not None:
-                self._fill(None)
-            if self.size is None:
-                raise OSError("size of the remote file is unknown")
-            size = max(0, self.size - self._pos)
-        if size == 0:
-            return b""
-        ranged = self._spool is None
-        data = self._read_ranged(self._pos, size) if ranged else self._read_spooled(self._pos, size)
-        self._pos += len(data)
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+    def _read_at(self, start: int, n: int) -> bytes:
+        return self._read_ranged(start, n) if self._spool is None else self._read_spooled(start, n)
 
     def _release(self) -> None:
         if self._stream is not None:

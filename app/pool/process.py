@@ -38,6 +38,7 @@ from typing import Any
 from app.config import Settings
 from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
+from app.metrics import GRAB_SECONDS, STAGE_SECONDS, WORKER_RESTARTS, PoolState, record_timings
 from app.pool.base import GrabTask
 from app.pool.worker import worker_main
 
@@ -59,6 +60,7 @@ class _Request:
     answered: bool = False  # a result or an error went to the caller
     outstanding: int = -1  # times not yet answered (set from the grab)
     solo: bool = False  # back from a failed coalesced pass: runs on its own
+    submitted: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.outstanding = len(self.grab.times)
@@ -113,6 +115,8 @@ class _Worker:
         self.backlog: deque[_Request] = deque()
         self.running: _Run | None = None
         self.ready = False
+        self.retiring = False  # said "retire": its exit is a recycling, not a crash
+        self.open_assets = 0  # as it last reported
         self.send_lock = threading.Lock()
 
     @property
@@ -170,6 +174,17 @@ class ProcessDecoderPool:
     def ready(self) -> bool:
         return not self._stopping and any(w.ready for w in self._workers)
 
+    def state(self) -> PoolState:
+        """Queue depth, busy and alive workers and open assets, for ``/metrics``."""
+        workers = self._workers
+        return PoolState(
+            queued=sum(len(w.backlog) for w in workers),
+            busy=sum(1 for w in workers if w.running is not None),
+            alive=sum(1 for w in workers if w.ready),
+            workers=len(workers),
+            open_assets=sum(w.open_assets for w in workers),
+        )
+
     def _spawn(self, worker: _Worker) -> None:
         # glibc gives every thread its own 64 MiB malloc arena: under the worker's address-space cap
         # that runs out long before memory does. The child reads this at start-up (spawn inherits it).
@@ -191,6 +206,7 @@ class ProcessDecoderPool:
         tasks.close()
         replies.close()
         worker.process, worker.conn, worker.ready = process, commands, False
+        worker.retiring, worker.open_assets = False, 0
         threading.Thread(
             target=self._read, args=(worker, results, process), name=f"pool-reader-{worker.slot}", daemon=True
         ).start()
@@ -216,10 +232,13 @@ class ProcessDecoderPool:
         worker = self._choose(task.affinity)
         worker.backlog.append(request)
         self._pump(worker)
+        single = len(task.times) == 1
         try:
             while True:
                 kind, *payload = await request.queue.get()
                 if kind == "item":
+                    if single:
+                        GRAB_SECONDS.observe(time.monotonic() - request.submitted)
                     yield payload[0]
                 elif kind == "error":
                     raise payload[0]
@@ -263,6 +282,8 @@ class ProcessDecoderPool:
                 worker.running = None
                 worker.backlog.extendleft(reversed(members))
                 return
+            for member in members:
+                STAGE_SECONDS.labels("queue").observe(run.last_progress - member.submitted)
             self.coalesced += len(members) - 1
 
     def _take_coalescable(self, request: _Request) -> list[_Request]:
@@ -328,7 +349,7 @@ class ProcessDecoderPool:
             self._pump(worker)
             return
         if kind == "retire":  # it exits after this task: nothing more goes to it; its exit respawns it
-            worker.ready = False
+            worker.ready, worker.retiring = False, True
             log.info("decoder %s (pid %s) retires: memory over worker_recycle_rss", worker.slot, message[1])
             return
         run = worker.running
@@ -337,6 +358,8 @@ class ProcessDecoderPool:
         run.last_progress = time.monotonic()
         if kind == "item":
             item = message[2]
+            if isinstance(item, FrameResult):
+                record_timings(item.timings)
             member = run.member_for(item.index)
             if member is not None:
                 member.outstanding -= 1
@@ -346,6 +369,8 @@ class ProcessDecoderPool:
         elif kind == "error":
             self._fail(worker, run, message[2])
         elif kind == "done":
+            if len(message) > 2:
+                worker.open_assets = message[2]
             for member in run.members:
                 member.queue.put_nowait(("done",))
             worker.running = None
@@ -391,6 +416,7 @@ class ProcessDecoderPool:
                 worker.conn.close()
         worker.conn, worker.ready = None, False
         if not self._stopping:
+            WORKER_RESTARTS.labels(_exit_cause(worker, process, reason)).inc()
             self._spawn(worker)  # the backlog waits for the replacement's "ready"
 
     async def _watch(self) -> None:
@@ -405,3 +431,14 @@ class ProcessDecoderPool:
                     log.warning("decoder %s (pid %s): task over its deadline, killing it", worker.slot, process.pid)
                     process.kill()
                     self._on_exit(worker, process, EngineError("decode_timeout", "decoding took longer than allowed"))
+
+
+def _exit_cause(worker: _Worker, process: Any, reason: EngineError | None) -> str:
+    """Why a decoder process went, for ``stillframe_pool_worker_restarts``."""
+    if process.exitcode == -signal.SIGXCPU:
+        return "cpu_limit"
+    if reason is not None and reason.code == "decode_timeout":
+        return "timeout"  # killed by the watchdog
+    if worker.retiring:
+        return "recycled"
+    return "crash"

@@ -150,7 +150,7 @@ class _OpenAssets:
 
     def get(self, task: GrabTask, settings: Settings, threads: int = 1) -> tuple[ImageGenerator, str]:
         """The open generator for this task (its decoder set up with ``threads``), opened if need be."""
-        from app.engine.sources import HttpSource, resolve_source
+        from app.engine.sources import HttpSource, S3Source, resolve_source
 
         recent = self._remote.get(task.url)
         if recent is not None and time.monotonic() - recent[1] < REMOTE_REVALIDATE_SECONDS:
@@ -163,7 +163,7 @@ class _OpenAssets:
                 return generator, recent[0]
         source = resolve_source(task.url, settings.source_policy())
         identity = source.identity  # changes with the bytes: size + mtime, or ETag / Last-Modified
-        if isinstance(source, HttpSource):
+        if isinstance(source, HttpSource | S3Source):
             self._remote[task.url] = (identity, time.monotonic())
             if len(self._remote) > 4 * self.capacity:
                 self._remote.pop(next(iter(self._remote)))
@@ -187,6 +187,9 @@ class _OpenAssets:
             _, evicted = self._items.popitem(last=False)
             evicted.close()
         return generator, identity
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def close(self) -> None:
         while self._items:
@@ -265,4 +268,4 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
             replies.send(("retire", os.getpid()))
             replies.send(("done", task_id))
             break
-        replies.send(("done", task_id))
+        replies.send(("done", task_id, len(assets)))
