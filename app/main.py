@@ -74,7 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
     application.include_router(metrics.router)
-    application.add_middleware(ObserveMiddleware)  # outer: every answer gets its log line and metrics
+    application.add_middleware(
+        ObserveMiddleware, server_timing=settings.server_timing
+    )  # outer: every answer gets its log line and metrics
     application.state.tracer_provider = install_tracing(application, settings)  # outermost, when configured
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")

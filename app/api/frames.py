@@ -114,8 +114,7 @@ async def serve_frame(
             return Response(status_code=304, headers={**headers, "ETag": known_etag})
         if cached := cache.get(known_etag):
             body, entity_headers = cached
-            timing = {"Server-Timing": "cache;dur=0"} if settings.server_timing else {}
-            return Response(body, headers={**headers, **entity_headers, **timing})
+            return Response(body, headers={**headers, **entity_headers, "Server-Timing": "cache;dur=0"})
     task = GrabTask(params.url, (params.t,), params.grab_options(image_format))  # type: ignore[arg-type]
     started = time.perf_counter()
     flight_key = known_etag or _etag(f"url:{params.url}", params, image_format, settings)
@@ -127,8 +126,7 @@ async def serve_frame(
     times = image_headers(result.actual_time, result.actual_time_rational, result.requested_time, image_format)
     entity_headers = {"ETag": etag, "Content-Type": result.content_type, **times}
     cache.put(etag, result.image, entity_headers)
-    if settings.server_timing:
-        headers["Server-Timing"] = server_timing(result.timings, total)
+    headers["Server-Timing"] = server_timing(result.timings, total)  # (sent on only if configured: ObserveMiddleware)
     return Response(result.image, headers={**headers, **entity_headers})
 
 
