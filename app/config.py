@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     max_source_pixels: int = Field(default=7680 * 4320, description="Largest video frame (width x height) decoded.")
     max_duration: float = Field(default=24 * 3600, gt=0, description="Longest source accepted, in seconds.")
     max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
+    max_request_bytes: int = Field(
+        default=1024**2, ge=1024, description="Largest request body; past it, 413 before anything is parsed."
+    )
+    server_timing: bool = Field(
+        default=False,
+        description="`Server-Timing` on images (open, decode, render, encode, pool; cache). Off by default: whether "
+        "a grab had to open the asset or found the image made tells a caller what others fetched.",
+    )
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
     webp_method: int = Field(
@@ -173,6 +181,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (`*` for any); none: CORS off."
     )
     rate_limit: str | None = Field(default=None, description="Per caller, e.g. `100/minute`; unset: no limit.")
+    auth_failure_limit: str | None = Field(
+        default="10/minute",
+        description="Failed authentications (wrong key, bad signature) per client address; past it, every "
+        "authenticated request from that address is 429 until the bucket refills. Empty: no limit.",
+    )
 
     # Operations: metrics, logs, running behind a proxy.
     metrics_token: SecretStr | None = Field(
@@ -291,7 +304,7 @@ class Settings(BaseSettings):
             keys[kid] = secret
         return keys
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "auth_failure_limit", mode="before")
     @classmethod
     def _check_rate_limit(cls, value: object) -> object:
         if value in ("", None):

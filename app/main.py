@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 from app import __version__
 from app.api import frames, health, jobs, metrics
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
+from app.api.bodylimit import BodyLimit
 from app.api.cache import Coalescer, ImageCache, shrink_under_pressure
 from app.api.observe import ObserveMiddleware
 from app.api.problems import install_problem_handlers
@@ -70,12 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.in_flight = Coalescer()
     install_problem_handlers(application)
     install_access_control(application, settings)
+    application.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outside the routes: before any reading
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
     application.include_router(health.router)
     application.include_router(metrics.router)
-    application.add_middleware(ObserveMiddleware)  # outer: every answer gets its log line and metrics
+    application.add_middleware(
+        ObserveMiddleware, server_timing=settings.server_timing
+    )  # outer: every answer gets its log line and metrics
     application.state.tracer_provider = install_tracing(application, settings)  # outermost, when configured
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")

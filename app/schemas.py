@@ -18,6 +18,7 @@ from app.engine.options import (
     RenderOptions,
     Rotate,
 )
+from app.engine.render import parse_background
 from app.engine.timeparse import parse_time, parse_tolerance
 
 
@@ -76,6 +77,7 @@ class GrabParams(BaseModel):
     @model_validator(mode="after")
     def _check_tolerances(self) -> GrabParams:
         self.tolerances()  # raises InvalidParameter on nonsense; surfaced as a 400 problem
+        parse_background(self.background)  # here, before any decoder sees it
         return self
 
     def tolerances(self) -> tuple[Fraction | None, Fraction | None]:

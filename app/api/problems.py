@@ -84,7 +84,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        location = [str(part) for part in first.get("loc", ()) if part not in {"query", "body"}]
+        location = [str(part) for part in first.get("loc", ()) if part not in {"query", "body", "path", "header"}]
         parameter = ".".join(location) or None
         message = first.get("msg", "invalid request")
         detail = f"{parameter}: {message}" if parameter else message

@@ -21,10 +21,18 @@ import av
 import av.error
 from av.codec.context import ThreadType
 
-from app.engine.container import AV_TIME_BASE, NamedReader, close_container, open_container, timeline_origin
+from app.engine.container import (
+    AV_TIME_BASE,
+    NamedReader,
+    cap_pixels,
+    close_container,
+    open_container,
+    timeline_origin,
+)
 from app.engine.cursor import ANSWER_KNOWN, Cursor, Decoded
 from app.engine.errors import EngineError
 from app.engine.nal import H264Disposable
+from app.engine.options import SourceLimits
 
 if TYPE_CHECKING:
     from app.engine.sources import Source
@@ -118,10 +126,12 @@ class Playhead:
         opened: tuple[Any, NamedReader],
         stream: Any,
         *,
+        limits: SourceLimits,
         decode_threads: int,
         cursor: Cursor,
     ) -> None:
         self.source = source
+        self.limits = limits
         self.container: Any = opened[0]
         self.file: NamedReader | None = opened[1]
         self.stream_index: int = stream.index
@@ -176,8 +186,10 @@ class Playhead:
         the first timestamp is refused by some demuxers and lands late in others)."""
         self.stats.reopens += 1
         self.close()
-        self.container, self.file = open_container(self.source)
-        self._use_stream(self.container.streams.get(self.stream_index)[0])
+        self.container, self.file = open_container(self.source, self.limits)
+        stream = self.container.streams.get(self.stream_index)[0]
+        cap_pixels(stream, self.limits)  # a fresh decoder: the cap again, and the size checked again
+        self._use_stream(stream)
 
     def close(self) -> None:
         container, file = self.container, self.file
@@ -280,6 +292,8 @@ class Playhead:
             except av.error.EOFError:
                 break
             except (av.error.FFmpegError, ValueError) as exc:
+                if packet.pts is None or cursor.target is None or packet.pts <= cursor.target:
+                    self.check_size(codec.width, codec.height)  # the decoder refused a picture over the cap
                 if codec.thread_count > 1 and codec.thread_type & ThreadType.FRAME:
                     # A frame-threaded decoder reports a damaged picture's error a picture or two late,
                     # and PyAV drops the pictures it had received in the same call: decode again.
@@ -293,6 +307,7 @@ class Playhead:
                 if not trusted and hidden_key is None and packet.is_keyframe and packet.is_discard:
                     hidden_key = packet.pts
             for frame in frames:
+                self.check_size(frame.width, frame.height)
                 if self.dts_clock:
                     # Frames flushed at the end carry no DTS: the clock runs on by their duration.
                     pts = frame.dts if frame.dts is not None else self._dts_clock_next
@@ -325,6 +340,13 @@ class Playhead:
                         cursor.longest_gop = max(cursor.longest_gop, decoded.pts - cursor.key_seen)
                     cursor.key_seen = decoded.pts
                 yield decoded
+
+    def check_size(self, width: int | None, height: int | None) -> None:
+        """Refuse a picture over the pixel cap wherever it shows up: the size may change mid-stream (raw
+        H.264/HEVC, MPEG-TS, VP9), and a decoder that refused such a picture (the cap is its option too)
+        would otherwise leave an earlier frame standing as the answer."""
+        if (width or 0) * (height or 0) > self.limits.max_pixels:
+            raise EngineError("source_too_many_pixels", "a video frame's size is over the limit")
 
     def _after_target(self, packet: Any, target: int | None) -> bool:
         """Whether this packet, and so every one after it, shows after the target: packets come in
@@ -383,8 +405,10 @@ class Playhead:
         try:
             frames = [*codec.decode(packet), *codec.decode(None)] if packet.size else codec.decode(None)
         except (av.error.FFmpegError, ValueError):
+            self.check_size(codec.width, codec.height)
             return None
         for frame in frames:
+            self.check_size(frame.width, frame.height)
             pts = self.pts_guess.guess(frame.pts, frame.dts)
             if frame.key_frame and pts is not None:
                 return Decoded(frame, int(pts))

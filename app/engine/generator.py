@@ -97,11 +97,16 @@ class ImageGenerator:
         self.cursor = Cursor()
         self._duration_cache: Fraction | None = None
         started = time.perf_counter()
-        container, file = open_container(source)
+        container, file = open_container(source, self.limits)
         try:
             stream = select_video_stream(container, self.options.stream, self.limits)
             self._playhead = Playhead(
-                source, (container, file), stream, decode_threads=max(1, decode_threads), cursor=self.cursor
+                source,
+                (container, file),
+                stream,
+                limits=self.limits,
+                decode_threads=max(1, decode_threads),
+                cursor=self.cursor,
             )
             self.keyframes = KeyframeFinder(self._playhead, complete_keyframe_index(container, stream))
             self._images = ImageMaker(self._playhead, max_output_pixels)

@@ -335,6 +335,10 @@ def parse_background(value: str) -> tuple[int, int, int]:
         raise InvalidParameter(
             f"background must be a colour name or #rrggbb, got {value!r}", parameter="background"
         ) from exc
+    # Pillow passes channels through unchecked (rgb(999,0,0), hsl(0,999%,50%)): past a byte they wrap or
+    # overflow when the canvas is filled.
+    if not all(0 <= channel <= 255 for channel in rgb):
+        raise InvalidParameter(f"background: each channel must be 0 to 255, got {value!r}", parameter="background")
     return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
 
 
