@@ -96,12 +96,24 @@ def _openapi(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from app.api.auth import UrlSigner
+    from urllib.parse import parse_qsl, urlsplit
+
+    from pydantic import ValidationError
+
+    from app.api.auth import SIGNATURE_PARAMS, UrlSigner
     from app.config import get_settings
+    from app.schemas import FrameParams
 
     keys = {kid: secret.get_secret_value() for kid, secret in get_settings().url_signing_keys.items()}
+    # what the server would refuse is not signed: its own check of the query (the last of a repeated name)
+    query = {k: v for k, v in parse_qsl(urlsplit(args.url).query, keep_blank_values=True) if k not in SIGNATURE_PARAMS}
     try:
+        FrameParams.model_validate(query)
         print(UrlSigner(keys).sign(args.url, kid=args.kid, ttl=args.ttl))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

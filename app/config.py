@@ -9,13 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.options import DEFAULT_AVIF_SPEED, DEFAULT_WEBP_METHOD
 from app.engine.sources import SourcePolicy
 from app.net.objectstore import ObjectStorePolicy
 from app.net.policy import FetchPolicy, IPNetwork
+from app.pool.memory import default_memory_limit, parse_bytes, plan_memory
 
 
 def _split_list(value: object) -> object:
@@ -92,6 +93,14 @@ class Settings(BaseSettings):
     max_source_pixels: int = Field(default=7680 * 4320, description="Largest video frame (width x height) decoded.")
     max_duration: float = Field(default=24 * 3600, gt=0, description="Longest source accepted, in seconds.")
     max_streams: int = Field(default=64, ge=1, description="Most streams a source may have.")
+    max_request_bytes: int = Field(
+        default=1024**2, ge=1024, description="Largest request body; past it, 413 before anything is parsed."
+    )
+    server_timing: bool = Field(
+        default=False,
+        description="`Server-Timing` on images (open, decode, render, encode, pool; cache). Off by default: whether "
+        "a grab had to open the asset or found the image made tells a caller what others fetched.",
+    )
     cache_control: str = "public, max-age=86400, immutable"
     max_output_pixels: int = 7680 * 4320
     webp_method: int = Field(
@@ -99,6 +108,15 @@ class Settings(BaseSettings):
     )
     avif_speed: int = Field(
         default=DEFAULT_AVIF_SPEED, ge=0, le=10, description="libavif speed, 0 (smallest) to 10 (fastest)."
+    )
+
+    # The memory budget (app/pool/memory.py): the decoder count, each decoder's resident ceiling and its
+    # open assets' bytes, and the image cache are sized from it unless set explicitly.
+    memory_limit: int = Field(
+        default_factory=default_memory_limit,
+        gt=0,
+        description="Memory the whole service may take (bytes, or e.g. `1.5GiB`); default: the container's "
+        "cgroup limit, else half the machine.",
     )
 
     # Decoder pool: worker processes, so a crash or a runaway decode costs one worker, not the server.
@@ -117,6 +135,11 @@ class Settings(BaseSettings):
     decode_timeout: float = Field(default=30.0, gt=0, description="Seconds a task may go without producing a frame.")
     queue_limit: int = Field(default=64, ge=1, description="Tasks queued or running; past it the API answers 429.")
     open_assets_per_worker: int = Field(default=8, ge=1, description="Assets each worker keeps open (LRU).")
+    open_asset_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Estimated bytes the assets each worker keeps open may hold (LRU); default: from memory_limit.",
+    )
     worker_memory_limit: int = Field(default=4 * 1024**3, description="Address-space cap of a decoder process.")
     worker_recycle_rss: int = Field(
         default=1024**3,
@@ -165,6 +188,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (`*` for any); none: CORS off."
     )
     rate_limit: str | None = Field(default=None, description="Per caller, e.g. `100/minute`; unset: no limit.")
+    auth_failure_limit: str | None = Field(
+        default="10/minute",
+        description="Failed authentications (wrong key, bad signature) per client address; past it, every "
+        "authenticated request from that address is 429 until the bucket refills. Empty: no limit.",
+    )
 
     # Operations: metrics, logs, running behind a proxy.
     metrics_token: SecretStr | None = Field(
@@ -215,6 +243,33 @@ class Settings(BaseSettings):
             max_bytes=self.max_source_bytes,
         )
 
+    @field_validator("memory_limit", "open_asset_bytes", "worker_recycle_rss", "image_cache_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, value: object) -> object:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _apply_memory_budget(self) -> Settings:
+        """What was not set explicitly is sized from ``memory_limit``."""
+        chosen = self.model_fields_set
+        plan = plan_memory(
+            self.memory_limit,
+            workers=self.workers,
+            image_cache_bytes=self.image_cache_bytes,
+            queue_limit=self.queue_limit,
+            fit_workers="workers" not in chosen,
+            fit_cache="image_cache_bytes" not in chosen,
+        )
+        self.workers = plan.workers
+        self.image_cache_bytes = plan.image_cache_bytes
+        # (a decoder's pages can never pass half its address-space cap: a larger share would go unused)
+        ceiling = self.worker_memory_limit // 2
+        if "worker_recycle_rss" not in chosen:
+            self.worker_recycle_rss = min(plan.worker_bytes, ceiling)
+        if "open_asset_bytes" not in chosen:
+            self.open_asset_bytes = min(plan.asset_bytes, ceiling)
+        return self
+
     @field_validator("allowed_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
@@ -256,7 +311,7 @@ class Settings(BaseSettings):
             keys[kid] = secret
         return keys
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "auth_failure_limit", mode="before")
     @classmethod
     def _check_rate_limit(cls, value: object) -> object:
         if value in ("", None):

@@ -37,6 +37,7 @@ PROBLEM_CODES: dict[str, ProblemType] = {
     "source_too_many_streams": ProblemType(422, "Too many streams in the source"),
     "decode_timeout": ProblemType(504, "Decode timed out"),
     "queue_full": ProblemType(429, "Too many requests in flight"),
+    "overloaded": ProblemType(503, "Overloaded"),
     "cancelled": ProblemType(409, "Cancelled"),
     # jobs
     "job_not_found": ProblemType(404, "Job not found"),

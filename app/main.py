@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,8 @@ from fastapi_offline import FastAPIOffline
 from app import __version__
 from app.api import animated, frames, health, info, joblinks, jobs, metrics, page, storyboard
 from app.api.auth import AUTH_RESPONSES, caller_identity, install_access_control, log_access_mode
-from app.api.cache import Coalescer, ImageCache
+from app.api.bodylimit import BodyLimit
+from app.api.cache import Coalescer, ImageCache, shrink_under_pressure
 from app.api.head import HeadAsGet
 from app.api.observe import ObserveMiddleware
 from app.api.problems import install_problem_handlers
@@ -40,9 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(settings, store, pool)
         await runner.start()  # resumes jobs a stopped (or killed) server left unfinished
         application.state.jobs = runner
+        shedder = asyncio.create_task(shrink_under_pressure(application.state.image_cache, pool.over_memory_budget))
         try:
             yield
         finally:
+            shedder.cancel()
             await runner.stop()  # drain: running jobs finish or are handed back
             await pool.stop()
             store.close()
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.state.in_flight = Coalescer()
     install_problem_handlers(application)
     install_access_control(application, settings)
+    application.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outside the routes: before any reading
     # (GET /v1/frame checks its caller itself, POST depends on caller_identity: see app.api.frames)
     application.include_router(frames.router, responses=AUTH_RESPONSES)
     application.include_router(jobs.router, dependencies=[Depends(caller_identity)], responses=AUTH_RESPONSES)
@@ -81,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.include_router(health.router)
     application.include_router(metrics.router)
     application.add_middleware(HeadAsGet)  # HEAD is a GET to everything inside (logs and metrics still say HEAD)
-    application.add_middleware(ObserveMiddleware)  # outer: every answer gets its log line and metrics
+    application.add_middleware(
+        ObserveMiddleware, server_timing=settings.server_timing
+    )  # outer: every answer gets its log line and metrics
     application.state.tracer_provider = install_tracing(application, settings)  # outermost, when configured
     if settings.media_root is None:
         log.info("no STILLFRAME_MEDIA_ROOT: local files are disabled, only http(s) sources are served")

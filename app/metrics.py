@@ -92,6 +92,10 @@ class PoolState:
     alive: int
     workers: int
     open_assets: int
+    memory_limit_bytes: int = 0
+    api_resident_bytes: int = 0
+    worker_resident_bytes: list[int] = field(default_factory=list)  # per decoder slot, as last reported
+    open_asset_bytes: int = 0  # estimated
 
 
 @dataclass
@@ -118,6 +122,21 @@ class LiveCollector(Collector):
             yield _gauge("stillframe_pool_workers_alive", "Decoder workers up and ready.", pool.alive)
             yield _gauge("stillframe_pool_workers", "Decoder worker slots (STILLFRAME_WORKERS).", pool.workers)
             yield _gauge("stillframe_open_assets", "Assets open in the decoder workers.", pool.open_assets)
+            yield _gauge(
+                "stillframe_memory_limit_bytes", "The memory budget (STILLFRAME_MEMORY_LIMIT).", pool.memory_limit_bytes
+            )
+            resident = GaugeMetricFamily(
+                "stillframe_resident_bytes",
+                "Resident memory of each process (decoders: as last reported).",
+                labels=["process"],
+            )
+            resident.add_metric(["api"], pool.api_resident_bytes)
+            for slot, value in enumerate(pool.worker_resident_bytes):
+                resident.add_metric([f"decoder-{slot}"], value)
+            yield resident
+            yield _gauge(
+                "stillframe_open_asset_bytes", "Estimated bytes the decoders' open assets hold.", pool.open_asset_bytes
+            )
         hits = CounterMetricFamily(
             "stillframe_image_cache_lookups", "Encoded-image cache lookups, hit or miss.", labels=["result"]
         )

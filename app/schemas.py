@@ -19,6 +19,7 @@ from app.engine.options import (
     Rotate,
 )
 from app.engine.poster import POSTER_TIME
+from app.engine.render import parse_background
 from app.engine.timeparse import parse_time, parse_tolerance
 
 
@@ -65,7 +66,9 @@ class GrabParams(BaseModel):
     fit: Fit = "contain"
     background: str = Field(default="black", max_length=32, description="Padding colour for `fit=pad`.")
     dynamic_range: DynamicRange = Field(
-        default="sdr", description="`sdr` tone-maps HDR (PQ, HLG) to SDR; `native` does not."
+        default="sdr",
+        description="`sdr` tone-maps HDR (PQ, HLG) to SDR; `native` keeps it: a 16-bit PNG (cICP) or a 10-bit"
+        " AVIF (nclx) in the source's transfer and primaries, and 400 for formats that cannot carry it.",
     )
     format: ImageFormat | None = Field(
         default=None, description="Output format; default: negotiated from `Accept`, else jpeg."
@@ -75,6 +78,7 @@ class GrabParams(BaseModel):
     @model_validator(mode="after")
     def _check_tolerances(self) -> GrabParams:
         self.tolerances()  # raises InvalidParameter on nonsense; surfaced as a 400 problem
+        parse_background(self.background)  # here, before any decoder sees it
         return self
 
     def tolerances(self) -> tuple[Fraction | None, Fraction | None]:

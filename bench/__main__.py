@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import frontend, media, report, scenarios
+from bench import frontend, media, report, scenarios, soak
 from bench.client import client_overhead
 from bench.servers import Origin, Stillframe, process_tree, rss_bytes
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "objstore", "throughput", "profile", "frontend")
+SCENARIOS = ("exact", "keyframe", "formats", "batch", "remote", "objstore", "throughput", "profile", "soak", "frontend")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  (fresh server for throughput, ready in {server.start_seconds:.2f} s)")
             t0 = time.perf_counter()
             try:
-                run = getattr(scenarios, f"scenario_{name}", None) or getattr(frontend, f"scenario_{name}")
+                modules = (scenarios, frontend, soak)
+                run = next(getattr(m, f"scenario_{name}") for m in modules if hasattr(m, f"scenario_{name}"))
                 results["scenarios"][name] = run(ctx)
             except Exception as exc:  # one broken scenario must not lose the others' numbers
                 traceback.print_exc()

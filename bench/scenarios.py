@@ -50,6 +50,7 @@ class Config:
     remote_cli_samples: int = 4
     remote_latency: float = 0.020
     throughput_seconds: float = 15.0
+    soak_seconds: float = 600.0  # each of the soak's three runs (bench/soak.py)
     clients: tuple[int, ...] = (1, 8, 64)
     profile_grabs: int = 20
     exact_assets: tuple[str, ...] = (
@@ -98,6 +99,7 @@ class Config:
             remote_samples=3,
             remote_cli_samples=1,
             throughput_seconds=4.0,
+            soak_seconds=10.0,
             profile_grabs=5,
             exact_assets=("720p_gop2", "1080p_gop2"),
             cold_assets=("1080p_gop2",),

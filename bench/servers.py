@@ -153,7 +153,7 @@ class Stillframe:
         """``cpus``: the cores the server (its decoder workers included: they inherit it) may run on."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "STILLFRAME_MEDIA_ROOT": str(media_root)}
+        env = {**os.environ, "STILLFRAME_MEDIA_ROOT": str(media_root), "STILLFRAME_SERVER_TIMING": "true"}
         if origin_port is not None:
             env["STILLFRAME_ALLOWED_NETWORKS"] = "127.0.0.0/8"
             env["STILLFRAME_ALLOWED_PORTS"] = f"80,443,{origin_port}"

@@ -38,7 +38,8 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(media_root: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(media_root=media_root, workers=1)), raise_server_exceptions=False) as client:
+    settings = Settings(media_root=media_root, workers=1, server_timing=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
 

@@ -285,3 +285,21 @@ def test_objstore_scenario_counts_what_the_store_serves(bench_run: _Run) -> None
         assert exact["n"] == 3
         assert 0 <= exact["bytes_per_grab_mean"] < size
         assert block["ffmpeg_cli"]["bytes_per_grab_p50"] > 0  # through a presigned URL, counted the same way
+
+
+def test_soak_scenario_runs_under_a_budget_and_without_one(bench_run: _Run) -> None:
+    """The soak, a few seconds per run: the budgeted server answers without a 5xx and its tree stays
+    under the limit; the unbudgeted and the 2 GiB container runs report the same numbers."""
+    from dataclasses import replace
+
+    from bench import soak
+
+    ctx = replace(bench_run.ctx, cfg=replace(bench_run.ctx.cfg, soak_seconds=3.0))
+    out = soak.scenario_soak(ctx)
+    for run in ("limited", "unlimited", "container_2GiB_2cores"):
+        block = out[run]
+        assert block["statuses"].get("200", 0) > 0, block["statuses"]
+        assert block["server_errors"] == 0, block["statuses"]
+        assert block["tree_peak_mib"] > 0 and block["memory_at_end"]["stillframe_memory_limit_bytes"] > 0
+    assert not out["tree_peak_over_limit"]
+    assert out["throughput_vs_unlimited"] > 0

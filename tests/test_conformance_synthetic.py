@@ -78,12 +78,8 @@ def test_oracle_frame_at_follows_the_contract(clip_dir: Path) -> None:
     assert info.container_duration is not None and info.end > info.container_duration
 
 
-KNOWN_DIVERGENCES = {
-    "mpeg4_bframes.avi": (
-        "MPEG-4 Part 2 packed B-frames in AVI: the engine's DTS clock puts the frame flushed at EOF one tick "
-        "later than the CLI does, so the exact end (t = 1.96) answers a frame at 1.96 instead of 1.92"
-    ),
-}
+# (none now: MPEG-4 packed B-frames in AVI agree since the DTS clock restarts at a seek)
+KNOWN_DIVERGENCES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", strict_xfails(sorted(CLIPS), KNOWN_DIVERGENCES))

@@ -329,3 +329,19 @@ def test_still_serving_after_the_barrage(lab: Lab) -> None:
     assert lab.client.get("/healthz").status_code == 200
     response = frame(lab, "clip.mp4", t="1.5")
     assert response.status_code == 200 and response.headers["x-actual-time"] == "1.5"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://[::1", "http://[zz]/x.mp4", "http://[::1]]/x.mp4", "http://a b/x.mp4", "http://{origin_host}:99999/x.mp4",
+        "http://{origin_host}:abc/x.mp4", "http://%zz/x.mp4", "http://",
+        "http://exa\tmple.com/", "http://" + "a" * 300 + ".example/x.mp4", "http://x.example/" + "p" * 20000,
+        "http://-bad-.example/x.mp4", "http://\u00ff\u00fe/x.mp4",
+    ],
+)  # fmt: skip
+def test_an_upstreams_malformed_redirect_is_a_502_not_the_callers_400(lab: Lab, location: str) -> None:
+    path = f"/malformed-{abs(hash(location))}.mp4"
+    lab.origin.add_redirect(path, location.format(origin_host=ORIGIN_HOST), status=302)
+    body = assert_problem(frame(lab, lab.origin.url(path)), allowed_text=[ORIGIN_HOST], statuses={502})
+    assert body["code"] == "source_unreachable", body

@@ -35,13 +35,18 @@ _ASSET_PROBLEM_CODES: Final = (
     "source_too_long",
     "source_too_many_streams",
     "queue_full",
+    "overloaded",
     "rate_limited",
     "source_unreachable",
     "decode_timeout",
 )
 ASSET_PROBLEMS: Final = problem_responses(
     *_ASSET_PROBLEM_CODES,
-    notes={401: "API keys configured, none or a wrong one given", 429: "with `Retry-After`"},
+    notes={
+        401: "API keys configured, none or a wrong one given",
+        429: "with `Retry-After`",
+        503: "at the memory limit, with `Retry-After`",
+    },
 )
 
 

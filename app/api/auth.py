@@ -17,7 +17,6 @@ signed URL, or ``None`` when the service is open; it also sets ``request.state.o
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -34,7 +33,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.problems import problem_handler, problem_responses
-from app.api.ratelimit import MemoryRateLimiter, RateLimiter, parse_rate
+from app.api.ratelimit import MemoryRateLimiter, RateDecision, RateLimiter, parse_rate
 from app.config import Settings
 from app.errors import ProblemError
 
@@ -62,7 +61,7 @@ SIGNED_PATHS: Final = frozenset(  # GET (and HEAD) only: what an <img>, a <video
 )
 # A job's result images and event stream, for an <img> and an EventSource: the signature covers the
 # job's id, so it stands for its owner (see app.api.jobs.get_owner).
-SIGNED_JOB_PATH: Final = re.compile(r"/v1/jobs/[^/]+/(results/[0-9]+|events)")
+SIGNED_JOB_PATH: Final = re.compile(r"/v1/jobs/[^/]+/(results/[0-9]+|events)\Z")
 
 
 def signable(path: str) -> bool:
@@ -72,6 +71,8 @@ def signable(path: str) -> bool:
 SIGNATURE_PARAMS: Final = ("kid", "exp", "sig")
 _SCOPE_KEY: Final = "stillframe.signed_url"
 _MIN_KEY_LENGTH: Final = 16
+_EXP_DIGITS: Final = 12  # an exp with more digits is refused as it is read
+_MAX_TTL: Final = 10 * 366 * 86400  # ten years
 EXPOSED_HEADERS: Final = (
     "X-Actual-Time",
     "X-Actual-Time-Rational",
@@ -216,8 +217,15 @@ class UrlSigner:
         kid = kid if kid is not None else next(iter(self._keys))
         if kid not in self._keys:
             raise ValueError(f"unknown signing key id {kid!r}; configured: {', '.join(self._keys)}")
+        if expires is None and not 0 < ttl <= _MAX_TTL:
+            raise ValueError(f"ttl must be more than 0 and at most {_MAX_TTL} seconds")
         exp = int(expires if expires is not None else self._clock() + ttl)
+        if expires is not None and not self._clock() < exp < 10**_EXP_DIGITS:
+            raise ValueError("expires must be a unix time in seconds, in the future")
         parts = urlsplit(url)
+        path = parts.path or "/"
+        if not any(path.endswith(signed) for signed in SIGNED_PATHS) and not SIGNED_JOB_PATH.search(path):
+            raise ValueError("only GET /v1/frame (SIGNED_PATHS) and a job's results and events can be signed")
         kept = _without_signature(parts.query)
         kept += [f"kid={_quote(kid.encode())}", f"exp={exp}"]
         query = "&".join(kept)
@@ -228,24 +236,28 @@ class UrlSigner:
         """The key id that signed this request; raises :class:`AccessDenied` (403) when the signature
         is missing, malformed, wrong or expired."""
         found: dict[str, list[bytes]] = {name: [] for name in SIGNATURE_PARAMS}
-        for name, value in _split_query(raw_query):
+        raw_sig = b""
+        for part in raw_query.split("&"):
+            if not part:
+                continue
+            ((name, value),) = _split_query(part)
             text = name.decode("latin-1")
             if text in found:
                 found[text].append(value)
+            if text == "sig":
+                raw_sig = part.partition("=")[2].encode("latin-1")  # as sent: no other spelling verifies
         if any(len(values) != 1 for values in found.values()):
             raise _signature_invalid("a signed URL needs exactly one each of kid, exp and sig")
         kid = found["kid"][0].decode("utf-8", "replace")
-        exp_text, sig_text = found["exp"][0], found["sig"][0]
+        exp_text = found["exp"][0]
         if kid not in self._keys:
             raise _signature_invalid("unknown signing key")
-        if not exp_text.isdigit() or len(exp_text) > 12:
+        if not exp_text.isdigit() or len(exp_text) > _EXP_DIGITS:
             raise _signature_invalid("exp must be a unix time in seconds")
-        try:
-            presented = base64.urlsafe_b64decode(sig_text + b"=" * (-len(sig_text) % 4))
-        except (binascii.Error, ValueError):
-            raise _signature_invalid("malformed signature") from None
-        expected = hmac.new(self._keys[kid], canonical_message(path, raw_query), hashlib.sha256).digest()
-        if not hmac.compare_digest(presented, expected):
+        expected = self.signature(kid, path, raw_query).encode()
+        # the one spelling sign() writes: unpadded base64url, compared as text (a decoder would also take
+        # padding, other bits in the last character, and characters it skips)
+        if not hmac.compare_digest(raw_sig, expected):
             raise _signature_invalid("the signature does not match this URL")
         if int(exp_text) < self._clock():
             raise AccessDenied("signature_expired", "the signed URL has expired")
@@ -302,6 +314,10 @@ class AccessControl:
         if limiter is None and settings.rate_limit:
             limiter = MemoryRateLimiter(parse_rate(settings.rate_limit))
         self.limiter = limiter
+        # failed guesses of keys and signatures, per client address
+        self.failures = (
+            MemoryRateLimiter(parse_rate(settings.auth_failure_limit)) if settings.auth_failure_limit else None
+        )
 
     @property
     def open(self) -> bool:
@@ -310,6 +326,22 @@ class AccessControl:
     def authenticate(self, request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
         client = request.client.host if request.client else "unknown"
         signed: _SignedRequest | None = request.scope.get(_SCOPE_KEY)
+        guessing = signed is not None or (credentials is not None and not self.open)
+        if not guessing or self.failures is None:
+            return self._authenticate(client, signed, credentials)
+        # An address over its failures is refused whatever it presents: a right guess must look like a wrong one.
+        if not (locked := self.failures.peek(f"addr:{client}")).allowed:
+            raise _rate_limited(locked, "too many failed authentications from this address; retry later")
+        try:
+            return self._authenticate(client, signed, credentials)
+        except AccessDenied as exc:
+            if exc.code in ("unauthorized", "signature_invalid"):
+                self.failures.hit(f"addr:{client}")
+            raise
+
+    def _authenticate(
+        self, client: str, signed: _SignedRequest | None, credentials: HTTPAuthorizationCredentials | None
+    ) -> Caller:
         if signed is not None:
             kid = self.signer.verify(signed.path, signed.raw_query)
             caller = Caller(f"url:{kid}", f"url:{kid}:{client}")
@@ -325,12 +357,13 @@ class AccessControl:
         if self.limiter is not None:
             decision = self.limiter.hit(caller.rate_key)
             if not decision.allowed:
-                raise AccessDenied(
-                    "rate_limited",
-                    "the rate limit for this caller is exhausted; retry later",
-                    headers={"Retry-After": decision.retry_after_header, "RateLimit-Limit": str(decision.limit)},
-                )
+                raise _rate_limited(decision, "the rate limit for this caller is exhausted; retry later")
         return caller
+
+
+def _rate_limited(decision: RateDecision, detail: str) -> AccessDenied:
+    headers = {"Retry-After": decision.retry_after_header, "RateLimit-Limit": str(decision.limit)}
+    return AccessDenied("rate_limited", detail, headers=headers)
 
 
 _bearer = HTTPBearer(

@@ -22,6 +22,7 @@ class ImageCache:
 
     @property
     def size_bytes(self) -> int:
+        """The cached images' size."""
         return self._bytes
 
     def get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
@@ -40,9 +41,22 @@ class ImageCache:
             self._bytes -= len(self._items.pop(key)[0])
         self._items[key] = (body, headers)
         self._bytes += len(body)
-        while self._bytes > self.max_bytes:
+        self.shrink(self.max_bytes)
+
+    def shrink(self, to_bytes: int) -> None:
+        """Drop the least recently used images until the rest fit in ``to_bytes``."""
+        while self._bytes > to_bytes:
             _, (evicted, _) = self._items.popitem(last=False)
             self._bytes -= len(evicted)
+
+
+async def shrink_under_pressure(cache: ImageCache, over_budget: Callable[[], bool], interval: float = 1.0) -> None:
+    """While the service is over its memory budget, halve the image cache every ``interval`` seconds
+    (it is the API process's largest holding; it refills as memory allows)."""
+    while True:
+        await asyncio.sleep(interval)
+        if over_budget() and cache.size_bytes:
+            cache.shrink(cache.size_bytes // 2)
 
 
 class Coalescer:

@@ -54,7 +54,10 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
                 "schema": {"type": "string"},
             },
             "ETag": {"description": "Strong validator of this exact image.", "schema": {"type": "string"}},
-            "Server-Timing": {"description": "open, decode, render, encode, pool (ms).", "schema": {"type": "string"}},
+            "Server-Timing": {
+                "description": "open, decode, render, encode, pool (ms); with `STILLFRAME_SERVER_TIMING` only.",
+                "schema": {"type": "string"},
+            },
         },
     },
     304: {"description": "Not modified (`If-None-Match` matched)."},
@@ -108,9 +111,8 @@ async def serve_frame(
     times = image_headers(result.actual_time, result.actual_time_rational, result.requested_time, image_format)
     entity_headers = {"ETag": etag, "Content-Type": result.content_type, **times}
     cache.put(etag, result.image, entity_headers)
-    return Response(
-        result.image, headers={**headers, **entity_headers, "Server-Timing": server_timing(result.timings, total)}
-    )
+    headers["Server-Timing"] = server_timing(result.timings, total)  # (sent on only if configured: ObserveMiddleware)
+    return Response(result.image, headers={**headers, **entity_headers})
 
 
 def server_timing(timings: dict[str, float], total: float) -> str:

@@ -45,6 +45,17 @@ _PROBLEMS = problem_responses(
 )
 
 _KEEPALIVE_SECONDS = 15.0
+MAX_EVENT_ID = 2**63 - 1  # event ids are SQLite integers
+
+
+def parse_event_id(text: str) -> int:
+    """A ``Last-Event-ID``: the decimal id of an event this job could have sent, nothing else."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_EVENT_ID))) or int(text) > MAX_EVENT_ID:
+        raise InvalidParameter(
+            f"Last-Event-ID: an event id (an integer from 0 to {MAX_EVENT_ID})", parameter="Last-Event-ID"
+        )
+    return int(text)
 
 
 class JobCreate(GrabParams):
@@ -194,9 +205,22 @@ async def _create(
     return await runner.submit(spec)
 
 
+async def times_counted(request: Request, settings: Annotated[Settings, Depends(get_app_settings)]) -> None:
+    """Refuse too many times before any is validated or parsed (a dependency runs before the body is
+    validated; the JSON it reads is the one FastAPI parsed, under the body cap)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return  # FastAPI answers for the body itself
+    times = body.get("times") if isinstance(body, dict) else None
+    if isinstance(times, list) and len(times) > settings.max_times_per_job:
+        raise InvalidParameter(f"times: at most {settings.max_times_per_job} per job", parameter="times")
+
+
 @router.post(
     "/v1/jobs",
     status_code=202,
+    dependencies=[Depends(times_counted)],
     summary="Start a job: many times from one asset",
     responses={202: {"description": "The job, with `Location` and links."}, **_PROBLEMS},
 )
@@ -287,7 +311,8 @@ async def get_result(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     job = await _job_or_404(runner, job_id, owner)
-    record = await runner.store.result(job_id, index)
+    # (an index past the job's times needs no look-up, and one past 64 bits would not fit SQLite's integers)
+    record = await runner.store.result(job_id, index) if 0 <= index < len(job.times) else None
     if record is None:
         raise JobError("result_not_found", f"job '{job.id}' has no time at index {index}")
     if record.status == "pending":
@@ -327,16 +352,15 @@ async def job_events(
     runner: Runner,
     owner: Owner,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id (as `Last-Event-ID`).")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Resume after this event id (as `Last-Event-ID`).")
+    ] = None,
 ) -> StreamingResponse:
     """Event ids count from 1 per job; reconnect with `Last-Event-ID` to get exactly what was missed."""
     await _job_or_404(runner, job_id, owner)
     start = after or 0
     if last_event_id is not None:
-        try:
-            start = max(0, int(last_event_id.strip()))
-        except ValueError:
-            raise InvalidParameter("Last-Event-ID: an event id (integer)", parameter="Last-Event-ID") from None
+        start = parse_event_id(last_event_id)
     return StreamingResponse(
         _event_stream(runner, job_id, start),
         media_type="text/event-stream",

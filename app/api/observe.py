@@ -59,8 +59,11 @@ def _stages(server_timing: str | None) -> dict[str, float] | None:
 
 
 class ObserveMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, server_timing: bool = True) -> None:
         self.app = app
+        # Server-Timing is logged always, and sent on only when the operator asks (STILLFRAME_SERVER_TIMING):
+        # its stages tell a caller what others fetched
+        self.server_timing = server_timing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,6 +85,8 @@ class ObserveMiddleware:
                         seen["problem"] = value.startswith(b"application/problem+json")
                     elif name == b"server-timing":
                         seen["timing"] = value.decode("latin-1")
+                if not self.server_timing:
+                    headers = [(name, value) for name, value in headers if name != b"server-timing"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
                 if (span := state.get(SPAN_STATE_KEY)) is not None:  # tracing is on (app.tracing)

@@ -60,7 +60,7 @@ def problem_json(body: dict[str, Any], headers: Mapping[str, str] | None = None)
 
 
 # Seconds a client should wait before trying again: the pool drains fast; a draining server is replaced soon.
-_RETRY_AFTER = {"queue_full": "1", "shutting_down": "5"}
+_RETRY_AFTER = {"queue_full": "1", "overloaded": "1", "shutting_down": "5"}
 # The problem code of an HTTP error raised by routing (any other status: ``http_error``).
 _HTTP_ERROR_CODES = {
     PROBLEM_CODES[code].status: code
@@ -84,7 +84,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        location = [str(part) for part in first.get("loc", ()) if part not in {"query", "body"}]
+        location = [str(part) for part in first.get("loc", ()) if part not in {"query", "body", "path", "header"}]
         parameter = ".".join(location) or None
         message = first.get("msg", "invalid request")
         detail = f"{parameter}: {message}" if parameter else message

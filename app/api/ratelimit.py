@@ -97,6 +97,19 @@ class MemoryRateLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
+    def peek(self, key: str) -> RateDecision:
+        """Whether a hit on ``key`` would be allowed now, taking nothing."""
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return RateDecision(True, self.rate.limit, self.rate.limit, 0.0)
+            tokens = min(
+                float(self.rate.limit), bucket.tokens + (self._clock() - bucket.updated) * self.rate.per_second
+            )
+        if tokens >= 1:
+            return RateDecision(True, self.rate.limit, int(tokens), 0.0)
+        return RateDecision(False, self.rate.limit, 0, (1 - tokens) / self.rate.per_second)
+
     def hit(self, key: str, cost: float = 1.0) -> RateDecision:
         capacity = float(self.rate.limit)
         refill = self.rate.per_second

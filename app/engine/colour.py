@@ -191,6 +191,34 @@ def srgb_encode(linear: npt.ArrayLike) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
+def srgb_decode(signal: npt.ArrayLike) -> np.ndarray:
+    """sRGB signal [0, 1] -> linear [0, 1] (IEC 61966-2-1 EOTF)."""
+    e = np.clip(np.asarray(signal, dtype=np.float64), 0.0, 1.0)
+    return np.where(e <= 0.04045, e / 12.92, np.power((e + 0.055) / 1.055, 2.4))
+
+
+def hlg_oetf(scene: npt.ArrayLike) -> np.ndarray:
+    """Normalised scene light [0, 1] -> HLG signal [0, 1] (ITU-R BT.2100)."""
+    e = np.clip(np.asarray(scene, dtype=np.float64), 0.0, 1.0)
+    return np.where(e <= 1 / 12, np.sqrt(3 * e), _HLG_A * np.log(np.maximum(12 * e - _HLG_B, 1e-12)) + _HLG_C)
+
+
+def sdr_colour_in_hdr(rgb: tuple[int, int, int], *, transfer: Transfer, color_primaries: int) -> tuple[int, int, int]:
+    """An 8-bit sRGB colour as 16-bit full-range code values of an HDR picture in ``transfer`` and
+    ``color_primaries``, SDR white at HDR reference white (203 nits, BT.2408), as a compositor puts
+    SDR graphics over HDR video. HLG: the OOTF undone for a 1000 nit display per channel (exact for
+    greys, which is what a padding colour usually is)."""
+    linear = srgb_decode(np.asarray(rgb, dtype=np.float64) / 255.0)
+    to_709 = primaries_to_bt709(color_primaries)
+    if to_709 is not None:
+        linear = np.linalg.solve(to_709.astype(np.float64), linear)
+    nits = np.clip(linear, 0.0, None) * SDR_WHITE_NITS
+    hlg_scene = np.power(nits / HLG_DISPLAY_PEAK_NITS, 1 / 1.2)
+    signal = pq_inverse_eotf(nits) if transfer == "pq" else hlg_oetf(hlg_scene)
+    red, green, blue = (round(float(v) * 65535) for v in signal)
+    return red, green, blue
+
+
 @functools.lru_cache(maxsize=4)
 def _input_lut(transfer: Transfer) -> np.ndarray:
     """16-bit code value -> linear light (float32). PQ: in units of SDR white (nits / 203);

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import av
 import av.error
 
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, InvalidParameter
 from app.engine.options import SourceLimits
 
 if TYPE_CHECKING:
@@ -39,8 +39,12 @@ AV_TIME_BASE = 1_000_000  # FFmpeg's container-level clock (microseconds)
 _AVFMT_TS_DISCONT = 0x0200
 
 
-def open_container(source: Source | Path | str) -> tuple[Any, NamedReader]:
-    """The source opened for demuxing: (container, the file it reads). Closes what it opened on failure."""
+def open_container(source: Source | Path | str, limits: SourceLimits | None = None) -> tuple[Any, NamedReader]:
+    """The source opened for demuxing: (container, the file it reads). Closes what it opened on failure.
+
+    With ``limits``, the demuxer itself stops at one stream over the limit (FFmpeg's ``max_streams``):
+    probing hundreds of streams costs a worker far more memory than the file's size before the count
+    could be checked on the result."""
     if isinstance(source, str | Path):
         source = TrustedFile(Path(source))
     try:
@@ -48,11 +52,20 @@ def open_container(source: Source | Path | str) -> tuple[Any, NamedReader]:
         io_open = NestedOpener(source)
     except OSError as exc:
         raise EngineError("source_not_found", "the source could not be opened") from exc
+    options = dict(_DEMUXER_OPTIONS)
+    if limits is not None:
+        options["max_streams"] = str(limits.max_streams + 1)  # one over: select_video_stream says so
     try:
-        return av.open(file, mode="r", options=dict(_DEMUXER_OPTIONS), io_open=io_open), file
+        return av.open(file, mode="r", options=options, io_open=io_open), file
     except EngineError:
         close_container(None, file)
         raise
+    except av.error.MemoryError as exc:
+        close_container(None, file)
+        if limits is None:
+            raise EngineError("decode_failed", "opening the source needed more memory than allowed") from exc
+        # (a demuxer that reads every stream from its header, as MP4 does, fails at the stream past the limit)
+        raise EngineError("source_too_many_streams", f"the source has more than {limits.max_streams} streams") from exc
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         close_container(None, file)
         if io_open.refusal is not None:
@@ -81,7 +94,7 @@ def select_video_stream(container: Any, wanted: int | None, limits: SourceLimits
         raise EngineError("no_video_stream", "the source has no video stream")
     if wanted is not None:
         if not 0 <= wanted < len(video):
-            raise EngineError("invalid_parameter", f"stream: the source has {len(video)} video stream(s)")
+            raise InvalidParameter(f"stream: the source has {len(video)} video stream(s)", parameter="stream")
         stream = video[wanted]
     else:
         default = [s for s in video if s.disposition & av.stream.Disposition.default]
@@ -89,12 +102,18 @@ def select_video_stream(container: Any, wanted: int | None, limits: SourceLimits
         stream = decodable[0]
     if stream.codec_context is None:
         raise EngineError("unsupported_media", "the video codec of this source is not supported")
+    cap_pixels(stream, limits)
+    return stream
+
+
+def cap_pixels(stream: Any, limits: SourceLimits) -> None:
+    """Refuse a stream whose frame size is over the pixel limit, and cap its decoder at the limit: the
+    decoder enforces it on every frame, so a size change mid-stream can't dodge it. Needed on every
+    opening of the stream (a reopened container has a fresh decoder)."""
     context = stream.codec_context
     if (context.width or 0) * (context.height or 0) > limits.max_pixels:
         raise EngineError("source_too_many_pixels", "the video's frame size is over the limit")
-    # The decoder enforces the same cap on every frame, so a size change mid-stream can't dodge it.
     context.options = {**context.options, "max_pixels": str(limits.max_pixels)}
-    return stream
 
 
 def timeline_origin(container: Any, video: Any) -> Fraction:
@@ -154,6 +173,11 @@ class NamedReader(io.RawIOBase):
         self._raw = raw
         self.name = display_name.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "source"
 
+    @property
+    def raw(self) -> BinaryIO:
+        """The file object read (a local file, or a remote source's block reader)."""
+        return self._raw
+
     def readable(self) -> bool:
         return True
 
@@ -195,7 +219,13 @@ class TrustedFile:
     def open_related(self, url: str) -> BinaryIO:
         if "://" in url or url.startswith(("file:", "data:")):
             raise EngineError("source_forbidden", "a local playlist may refer to local files only")
-        return (self.path.parent / url).open("rb")
+        # Only files in the playlist's own folder (or below), after '..' and symlinks: as the service
+        # confines its sources to the media root.
+        folder = self.path.parent.resolve()
+        target = (folder / url).resolve()
+        if not target.is_relative_to(folder):
+            raise EngineError("source_forbidden", "a local playlist may refer only to files in its own folder")
+        return target.open("rb")
 
 
 _PLAYLIST_MAX_BYTES = 8 * 1024 * 1024  # a larger "playlist" is handed over as it is

@@ -21,10 +21,18 @@ import av
 import av.error
 from av.codec.context import ThreadType
 
-from app.engine.container import AV_TIME_BASE, NamedReader, close_container, open_container, timeline_origin
+from app.engine.container import (
+    AV_TIME_BASE,
+    NamedReader,
+    cap_pixels,
+    close_container,
+    open_container,
+    timeline_origin,
+)
 from app.engine.cursor import ANSWER_KNOWN, Cursor, Decoded
 from app.engine.errors import EngineError
 from app.engine.nal import H264Disposable
+from app.engine.options import SourceLimits
 
 if TYPE_CHECKING:
     from app.engine.sources import Source
@@ -40,7 +48,7 @@ _T = TypeVar("_T")
 
 
 def set_decoder_threads(stream: Any, codec: str, threads: int) -> None:
-    """Set up a stream's decoder for ``threads`` (before its first packet).
+    """Set up a stream's decoder (the stream, or the decoder itself) for ``threads`` (before its first packet).
 
     * One: slice threads only (the decoder as it comes; most streams have one slice per picture).
     * More, HEVC: slice threads. x265 and most software encoders code rows as parallel substreams
@@ -55,6 +63,39 @@ def set_decoder_threads(stream: Any, codec: str, threads: int) -> None:
         return
     stream.thread_type = "SLICE" if codec == "hevc" else "AUTO"
     stream.thread_count = threads
+
+
+class AlphaVp9Decoder:
+    """A VP9 stream with alpha (WebM ``alpha_mode=1``: the alpha plane is a second VP9 stream in each
+    block's BlockAdditional), decoded by libvpx, which reads it and gives yuva420p; FFmpeg's own vp9
+    decoder drops it. libvpx marks no picture as a keyframe, so the packets' flags do (the trust after a
+    seek rests on them). Otherwise it is the codec context it wraps."""
+
+    def __init__(self, stream: Any) -> None:
+        context = av.CodecContext.create("libvpx-vp9", "r")
+        context.extradata = stream.codec_context.extradata
+        context.options = dict(stream.codec_context.options)  # the pixel cap
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "key_pts", set())
+
+    @staticmethod
+    def wanted(stream: Any) -> bool:
+        return stream.codec_context.name == "vp9" and str(stream.metadata.get("alpha_mode", "")) == "1"
+
+    def decode(self, packet: Any = None) -> list[av.VideoFrame]:
+        if packet is not None and packet.is_keyframe and packet.pts is not None:
+            self.key_pts.add(packet.pts)
+        frames: list[av.VideoFrame] = self.context.decode(packet)
+        for frame in frames:
+            if frame.pts in self.key_pts:
+                frame.key_frame = True  # type: ignore[misc]  # (settable; the stubs say read-only)
+        return frames
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.context, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.context, name, value)
 
 
 class PicturesDropped(Exception):
@@ -77,17 +118,21 @@ class Playhead:
     Shares the search's ``Cursor``: a seek or reopen updates it, and the packet loop reads its target.
     """
 
+    _dts_clock_next: int | None  # the AVI clock's next time (see _use_stream); None: not known yet
+
     def __init__(
         self,
         source: Source | Path | str,
         opened: tuple[Any, NamedReader],
         stream: Any,
         *,
+        limits: SourceLimits,
         decode_threads: int,
         cursor: Cursor,
         retire: Callable[[Any, NamedReader | None], None] = close_container,
     ) -> None:
         self.source = source
+        self.limits = limits
         # How a reopen disposes of the old container (and its file): a render may still read through
         # it (see app.engine.images.close_after_renders).
         self.retire = retire
@@ -133,7 +178,12 @@ class Playhead:
         cursor.live = False
         cursor.at_start = False
         self.pts_guess.reset_sequence()
+        # The DTS clock restarts from the first DTS after the seek: a picture flushed out with none
+        # before that has no time (and is left out) rather than the clock's time from before the seek.
+        self._dts_clock_next = None
         self.container.seek(pts, stream=self.stream, backward=backward, any_frame=False)
+        if self.decoder is not self.stream.codec_context:
+            self.decoder.flush_buffers()  # (the seek flushes the stream's own decoder only)
 
     def reopen(self) -> None:
         """Back to the very start: reopening is the one way to reach it in every format (a seek to
@@ -142,8 +192,10 @@ class Playhead:
         container, file = self.container, self.file
         self.container, self.file = None, None
         self.retire(container, file)
-        self.container, self.file = open_container(self.source)
-        self._use_stream(self.container.streams.get(self.stream_index)[0])
+        self.container, self.file = open_container(self.source, self.limits)
+        stream = self.container.streams.get(self.stream_index)[0]
+        cap_pixels(stream, self.limits)  # a fresh decoder: the cap again, and the size checked again
+        self._use_stream(stream)
 
     def close(self) -> None:
         container, file = self.container, self.file
@@ -166,10 +218,11 @@ class Playhead:
         # from the decoder out of order. The ffmpeg CLI times AVI frames by the DTS the decoder hands
         # out with each frame (monotonic, in presentation order), and so do we.
         self.dts_clock = self.container.format.name == "avi"
-        self._dts_clock_next: int | None = None
+        self._dts_clock_next = None
         self.cursor.forget_open()
         context = stream.codec_context
-        set_decoder_threads(stream, context.name, self.decode_threads)
+        self.decoder: Any = AlphaVp9Decoder(stream) if AlphaVp9Decoder.wanted(stream) else context
+        set_decoder_threads(self.decoder, context.name, self.decode_threads)
         self.stream = stream
         self._disposable = H264Disposable(context.extradata) if context.name == "h264" else None
         self._live: Iterator[Decoded] = iter(())
@@ -216,7 +269,7 @@ class Playhead:
 
     def _decode_frames(self, *, trust_all: bool, from_start: bool) -> Iterator[Decoded]:
         stream, cursor = self.stream, self.cursor
-        codec = stream.codec_context
+        codec = self.decoder
         trusted = trust_all
         next_synthetic = 0
         errors = 0
@@ -245,6 +298,8 @@ class Playhead:
             except av.error.EOFError:
                 break
             except (av.error.FFmpegError, ValueError) as exc:
+                if packet.pts is None or cursor.target is None or packet.pts <= cursor.target:
+                    self.check_size(codec.width, codec.height)  # the decoder refused a picture over the cap
                 if codec.thread_count > 1 and codec.thread_type & ThreadType.FRAME:
                     # A frame-threaded decoder reports a damaged picture's error a picture or two late,
                     # and PyAV drops the pictures it had received in the same call: decode again.
@@ -258,6 +313,7 @@ class Playhead:
                 if not trusted and hidden_key is None and packet.is_keyframe and packet.is_discard:
                     hidden_key = packet.pts
             for frame in frames:
+                self.check_size(frame.width, frame.height)
                 if self.dts_clock:
                     # Frames flushed at the end carry no DTS: the clock runs on by their duration.
                     pts = frame.dts if frame.dts is not None else self._dts_clock_next
@@ -290,6 +346,13 @@ class Playhead:
                         cursor.longest_gop = max(cursor.longest_gop, decoded.pts - cursor.key_seen)
                     cursor.key_seen = decoded.pts
                 yield decoded
+
+    def check_size(self, width: int | None, height: int | None) -> None:
+        """Refuse a picture over the pixel cap wherever it shows up: the size may change mid-stream (raw
+        H.264/HEVC, MPEG-TS, VP9), and a decoder that refused such a picture (the cap is its option too)
+        would otherwise leave an earlier frame standing as the answer."""
+        if (width or 0) * (height or 0) > self.limits.max_pixels:
+            raise EngineError("source_too_many_pixels", "a video frame's size is over the limit")
 
     def _after_target(self, packet: Any, target: int | None) -> bool:
         """Whether this packet, and so every one after it, shows after the target: packets come in
@@ -343,13 +406,15 @@ class Playhead:
     def decode_keyframe_packet(self, packet: Any) -> Decoded | None:
         """The keyframe in this packet (an empty one: the decoder drained), decoded alone."""
         self.stats.keyframes_decoded += 1
-        codec = self.stream.codec_context
+        codec = self.decoder
         codec.skip_frame = "DEFAULT"
         try:
             frames = [*codec.decode(packet), *codec.decode(None)] if packet.size else codec.decode(None)
         except (av.error.FFmpegError, ValueError):
+            self.check_size(codec.width, codec.height)
             return None
         for frame in frames:
+            self.check_size(frame.width, frame.height)
             pts = self.pts_guess.guess(frame.pts, frame.dts)
             if frame.key_frame and pts is not None:
                 return Decoded(frame, int(pts))

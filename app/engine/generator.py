@@ -59,6 +59,11 @@ if TYPE_CHECKING:
 _PIPELINE_DEPTH = 2  # decoded frames that may wait for the render thread (memory: a few frames)
 
 
+_MAX_REFERENCES = 16
+_PICTURE_BUFFER_BYTES = 184320 * 384  # H.264 level 5.1's MaxDpbMbs, in 8-bit 4:2:0 bytes
+_DEMUXER_BYTES = 1024**2  # AVFormatContext, its I/O buffer, the reader's block
+
+
 @dataclass
 class _Pending:
     """A requested time whose frame is decoded and whose image is being made."""
@@ -93,13 +98,14 @@ class ImageGenerator:
         self.cursor = Cursor()
         self._duration_cache: Fraction | None = None
         started = time.perf_counter()
-        container, file = open_container(source)
+        container, file = open_container(source, self.limits)
         try:
             stream = select_video_stream(container, self.options.stream, self.limits)
             self._playhead = Playhead(
                 source,
                 (container, file),
                 stream,
+                limits=self.limits,
                 decode_threads=max(1, decode_threads),
                 cursor=self.cursor,
                 retire=close_after_renders,
@@ -174,6 +180,23 @@ class ImageGenerator:
             while next_index in pending:
                 yield pending.pop(next_index)
                 next_index += 1
+
+    @property
+    def resident_estimate(self) -> int:
+        """Bytes this open asset holds between grabs, estimated: the decoder's reference pictures (as
+        many as fit H.264's largest picture buffer, 16 at most), two more per frame thread, the keyframe
+        index, the demuxer's buffers and a remote reader's block cache. Calibrated against measured cost
+        in bench/README.md."""
+        context = self._playhead.stream.codec_context
+        pix_fmt = str(context.pix_fmt or "")
+        depth = 2 if any(bits in pix_fmt for bits in ("p10", "p12", "p16")) else 1
+        chroma = 3.0 if "444" in pix_fmt else 2.0 if "422" in pix_fmt else 1.5
+        frame = max(1, int((context.width or 0) * (context.height or 0) * chroma * depth))
+        references = min(_MAX_REFERENCES, max(2, _PICTURE_BUFFER_BYTES // frame))
+        threads = self._playhead.decode_threads
+        reader = getattr(self._playhead.file, "raw", None)  # a remote source's block cache, when full
+        blocks = getattr(reader, "block_size", 0) * getattr(reader, "cache_blocks", 0)
+        return frame * (references + 2 * threads) + 8 * len(self.keyframes.index) + _DEMUXER_BYTES + blocks
 
     def close(self) -> None:
         playhead = getattr(self, "_playhead", None)

@@ -335,10 +335,45 @@ def parse_background(value: str) -> tuple[int, int, int]:
         raise InvalidParameter(
             f"background must be a colour name or #rrggbb, got {value!r}", parameter="background"
         ) from exc
+    # Pillow passes channels through unchecked (rgb(999,0,0), hsl(0,999%,50%)): past a byte they wrap or
+    # overflow when the canvas is filled.
+    if not all(0 <= channel <= 255 for channel in rgb):
+        raise InvalidParameter(f"background: each channel must be 0 to 255, got {value!r}", parameter="background")
     return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
 
 
 # --- colour conversion ---------------------------------------------------------------------------
+
+
+def has_alpha(frame: av.VideoFrame) -> bool:
+    """Whether the frame's pixels carry transparency (yuva*, rgba, gbrap, ya*...)."""
+    return any(component.is_alpha for component in frame.format.components)
+
+
+def _reformat(frame: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str, threads: int) -> np.ndarray:
+    """swscale the frame to full-range RGB(A) ``pixel_format`` at ``size`` (or its own size), with the
+    frame's own YUV matrix and range."""
+    fmt = frame.format.name
+    matrix = colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height)
+    full = colour.is_full_range(int(frame.color_range), fmt)
+    width, height = size if size is not None else (frame.width, frame.height)
+    try:
+        converted = frame.reformat(
+            width=width,
+            height=height,
+            format=pixel_format,
+            src_colorspace=matrix,
+            dst_colorspace=matrix,
+            src_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
+            dst_color_range=ColorRange.JPEG,
+            interpolation=SCALE_FLAGS
+            if pixel_format not in ("rgb24", "rgba") or (width, height) != (frame.width, frame.height)
+            else SAME_SIZE_FLAGS,
+            threads=threads,  # >1 only while other workers are idle (a busy pool gives each task one core)
+        )
+        return np.ascontiguousarray(converted.to_ndarray())
+    except (av.FFmpegError, ValueError) as exc:
+        raise EngineError("unsupported_media", f"cannot convert {fmt} pixels to RGB: {exc}") from exc
 
 
 def _to_rgb(
@@ -348,35 +383,76 @@ def _to_rgb(
     side_data: dict[int, bytes],
     threads: int = 1,
 ) -> Image.Image:
-    """swscale the frame to RGB (at ``size``, or its own size), tone-mapping HDR when asked to."""
-    fmt = frame.format.name
-    matrix = colour.yuv_matrix(int(frame.colorspace), frame.width, frame.height)
-    full = colour.is_full_range(int(frame.color_range), fmt)
+    """swscale the frame to RGB, or RGBA where it has alpha (at ``size``, or its own size), tone-mapping
+    HDR when asked to."""
+    alpha = has_alpha(frame)
     transfer = colour.hdr_transfer(int(frame.color_trc)) if dynamic_range == "sdr" else None
-    width, height = size if size is not None else (frame.width, frame.height)
-    try:
-        converted = frame.reformat(
-            width=width,
-            height=height,
-            format="rgb48le" if transfer else "rgb24",
-            src_colorspace=matrix,
-            dst_colorspace=matrix,
-            src_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
-            dst_color_range=ColorRange.JPEG,
-            interpolation=SCALE_FLAGS
-            if transfer or (width, height) != (frame.width, frame.height)
-            else SAME_SIZE_FLAGS,
-            threads=threads,  # >1 only while other workers are idle (a busy pool gives each task one core)
+    if transfer is None:
+        return Image.fromarray(
+            _reformat(frame, size, "rgba" if alpha else "rgb24", threads), "RGBA" if alpha else "RGB"
         )
-        array = converted.to_ndarray()
-    except (av.FFmpegError, ValueError) as exc:
-        raise EngineError("unsupported_media", f"cannot convert {fmt} pixels to RGB: {exc}") from exc
-    if transfer is not None:
-        peak = colour.hdr_peak_nits(side_data, transfer)
-        array = colour.tone_map_to_sdr(
-            array, transfer=transfer, color_primaries=int(frame.color_primaries), peak_nits=peak, threads=threads
-        )
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+    array = _reformat(frame, size, "rgba64le" if alpha else "rgb48le", threads)
+    peak = colour.hdr_peak_nits(side_data, transfer)
+    rgb = colour.tone_map_to_sdr(
+        np.ascontiguousarray(array[:, :, :3]),
+        transfer=transfer,
+        color_primaries=int(frame.color_primaries),
+        peak_nits=peak,
+        threads=threads,
+    )
+    if not alpha:
+        return Image.fromarray(rgb, "RGB")
+    return Image.fromarray(np.dstack((rgb, (array[:, :, 3] >> 8).astype(np.uint8))), "RGBA")
+
+
+def render_native_hdr(
+    frame: av.VideoFrame,
+    options: RenderOptions,
+    *,
+    plan: tuple[Layout, tuple[int, int, int, int] | None],
+    threads: int = 1,
+) -> np.ndarray:
+    """An HDR (PQ / HLG) frame as it is: 16-bit full-range RGB (H x W x 3, or x 4 with alpha, uint16),
+    still in the source's transfer and primaries, laid out per ``plan`` (from ``plan_frame``).
+
+    Pillow has no 16-bit RGB mode, so each channel goes through the same steps as a 16-bit grey picture;
+    ``fit=pad`` fills with ``background`` put into the source's transfer and primaries."""
+    layout, region = plan
+    pixel_format = "rgba64le" if has_alpha(frame) else "rgb48le"
+    transfer = colour.hdr_transfer(int(frame.color_trc))
+    assert transfer is not None
+    fill = colour.sdr_colour_in_hdr(
+        parse_background(options.background), transfer=transfer, color_primaries=int(frame.color_primaries)
+    )
+    array = _reformat(frame, layout.scale_to if region is None else None, pixel_format, threads)
+    if region is None and (layout.transpose, layout.resize_to, layout.crop, layout.canvas) == (None,) * 4:
+        return array  # nothing more to do: no copy per channel
+    channels = []
+    for index in range(array.shape[2]):
+        channel = Image.fromarray(np.ascontiguousarray(array[:, :, index]))
+        if region is not None:
+            channel = _resized(channel.crop(region), layout.scale_to)
+        channels.append(np.asarray(_laid_out(channel, layout, fill[index] if index < 3 else 65535)))
+    return np.dstack(channels)
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image if image.size == size else image.resize(size, _RESAMPLE)
+
+
+def _laid_out(image: Image.Image, layout: Layout, fill: float | tuple[int, ...]) -> Image.Image:
+    """The steps after swscale: orientation, a resize of a region, a crop, a canvas filled with ``fill``."""
+    if layout.transpose is not None:
+        image = image.transpose(layout.transpose)
+    if layout.resize_to is not None:
+        image = image.resize(layout.resize_to, _RESAMPLE, box=layout.resize_box)
+    if layout.crop is not None:
+        image = image.crop(layout.crop)
+    if layout.canvas is not None:
+        canvas = Image.new(image.mode, layout.canvas, fill)
+        canvas.paste(image, ((layout.canvas[0] - image.width) // 2, (layout.canvas[1] - image.height) // 2))
+        image = canvas
+    return image
 
 
 def _clean_region(clean_aperture: Sequence[int], width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -406,7 +482,8 @@ def render_frame(
     threads: int = 1,
     **planning: Unpack[Planning],
 ) -> Image.Image:
-    """The frame as an RGB picture, oriented, with square pixels, sized and tone-mapped per ``options``.
+    """The frame as an RGB picture (RGBA where the frame has alpha; ``fit=pad`` fills with an opaque
+    ``background``), oriented, with square pixels, sized and tone-mapped per ``options``.
 
     ``stream`` (the frame's ``av.VideoStream``) supplies the pixel aspect ratio; its container must
     still be open (PyAV reads through it, and crashes the process on a closed one). ``clean_aperture`` is
@@ -422,19 +499,9 @@ def render_frame(
         image = _to_rgb(frame, layout.scale_to, options.dynamic_range, metadata.side_data, threads)
     else:
         image = _to_rgb(frame, None, options.dynamic_range, metadata.side_data, threads).crop(region)
-        if image.size != layout.scale_to:
-            image = image.resize(layout.scale_to, _RESAMPLE)
-    if layout.transpose is not None:
-        image = image.transpose(layout.transpose)
-    if layout.resize_to is not None:
-        image = image.resize(layout.resize_to, _RESAMPLE, box=layout.resize_box)
-    if layout.crop is not None:
-        image = image.crop(layout.crop)
-    if layout.canvas is not None:
-        canvas = Image.new("RGB", layout.canvas, parse_background(options.background))
-        canvas.paste(image, ((layout.canvas[0] - image.width) // 2, (layout.canvas[1] - image.height) // 2))
-        image = canvas
-    return image
+        image = _resized(image, layout.scale_to)
+    background = parse_background(options.background)
+    return _laid_out(image, layout, (*background, 255) if image.mode == "RGBA" else background)
 
 
 def plan_frame(

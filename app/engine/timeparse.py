@@ -26,6 +26,9 @@ _PERCENT_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)%$", re.ASCII)
 _CLOCK_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$", re.ASCII)
 _MAX_CHARS = 64  # a time is short; refuse novels before any regex or big-number work
 _MAX_EXPONENT = 12  # 1e12 s is ~31,000 years: plenty, and keeps Fraction arithmetic small
+# The largest time or tolerance in seconds (~31,700 years): far past any asset, and small enough that
+# any stream's ticks for it fit FFmpeg's 64-bit timestamps (a larger one overflowed them in the decoder).
+MAX_SECONDS = 10**12
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,17 @@ def _parse_decimal(text: str, parameter: str) -> Fraction:
 
 
 def parse_seconds(text: str, parameter: str = "t") -> Fraction:
-    """Parse decimal, rational or clock seconds exactly."""
+    """Parse decimal, rational or clock seconds exactly, at most :data:`MAX_SECONDS` either way."""
+    return _in_range(_parse_seconds(text, parameter), parameter)
+
+
+def _in_range(value: Fraction, parameter: str) -> Fraction:
+    if abs(value) > MAX_SECONDS:
+        raise InvalidParameter(f"{parameter}: out of range (at most {MAX_SECONDS} seconds)", parameter=parameter)
+    return value
+
+
+def _parse_seconds(text: str, parameter: str) -> Fraction:
     text = text.strip()
     if not text or len(text) > _MAX_CHARS:
         raise InvalidParameter(f"{parameter}: expected a time in seconds", parameter=parameter)
@@ -84,7 +97,7 @@ def parse_time(text: str | int | Fraction | TimeSpec, parameter: str = "t") -> T
     if isinstance(text, TimeSpec):
         return text
     if isinstance(text, Fraction | int) and not isinstance(text, bool):
-        return TimeSpec(Fraction(text))
+        return TimeSpec(_in_range(Fraction(text), parameter))
     if not isinstance(text, str):
         raise InvalidParameter(f"{parameter}: expected a string time, not {type(text).__name__}", parameter=parameter)
     stripped = text.strip()
@@ -101,7 +114,7 @@ def parse_tolerance(text: str | int | Fraction | None, parameter: str = "toleran
     if text is None:
         return Fraction(0)
     if isinstance(text, Fraction | int) and not isinstance(text, bool):
-        value = Fraction(text)
+        value = _in_range(Fraction(text), parameter)
     elif isinstance(text, str):
         if text.strip().lower() in {"inf", "+inf", "infinity", "+infinity"}:
             return None

@@ -292,7 +292,7 @@ class JobRunner:
                 finally:
                     await _aclose(items)  # closing the iterator cancels what the pool has left
             except EngineError as exc:
-                if exc.code == "queue_full":
+                if exc.code in ("queue_full", "overloaded"):  # the pool is busy or at its memory limit
                     await asyncio.sleep(_QUEUE_FULL_PAUSE)
                     continue
                 if exc.code in ("decode_failed", "decode_timeout") and losses < _RETRIES_AFTER_WORKER_LOSS:

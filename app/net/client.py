@@ -274,6 +274,8 @@ class GuardedClient(_Closable):
             except httpx.HTTPError as exc:
                 raise _unreachable_for(exc, host) from None
             except httpx.InvalidURL:
+                if hops:  # the upstream's redirect, not the caller's URL
+                    raise EngineError("source_unreachable", f"'{host}' sent an unusable redirect") from None
                 raise EngineError("invalid_parameter", "malformed URL") from None
             self.requests_made += 1
             status = response.status_code
@@ -285,6 +287,8 @@ class GuardedClient(_Closable):
                     raise EngineError("source_unreachable", f"too many redirects from '{host}'")
                 try:
                     target = self.check(urljoin(target.url, location))
+                except ValueError:  # urljoin: e.g. an unclosed IPv6 host
+                    raise EngineError("source_unreachable", f"'{host}' sent an unusable redirect") from None
                 except EngineError as exc:
                     if exc.code == "source_forbidden":
                         raise EngineError(

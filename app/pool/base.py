@@ -53,3 +53,11 @@ class DecoderPool(Protocol):
     def ready(self) -> bool:
         """Whether the pool can take work now (for /readyz)."""
         ...
+
+    def memory(self) -> dict[str, int | list[int]]:
+        """Resident and open-asset bytes of the pool's processes against the budget (for /readyz)."""
+        ...
+
+    def over_memory_budget(self) -> bool:
+        """Whether this process and the pool's are over ``memory_limit`` together."""
+        ...

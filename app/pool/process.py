@@ -8,6 +8,9 @@
 * A watchdog kills a worker whose task has produced nothing for ``decode_timeout`` seconds; the
   caller gets ``decode_timeout`` (504) and a fresh worker takes the slot.
 * ``queue_limit`` bounds tasks queued or running: past it, ``queue_full`` (429) at once.
+* Memory: each worker reports its resident bytes and its open assets' after every task; while the
+  tree (this process and its workers) is over ``memory_limit``, new tasks are refused with
+  ``overloaded`` (503) as long as others are running (they free what they hold as they finish).
 * A task that starts while other workers are idle decodes (and renders) with ``decode_threads``
   threads on their cores; in a busy pool each task gets one (see ``_decode_threads``).
 * Coalescing: when a worker starts a one-time grab, the other one-time grabs of the same source and
@@ -40,6 +43,7 @@ from app.engine import FrameFailure, FrameResult
 from app.engine.errors import EngineError
 from app.metrics import GRAB_SECONDS, STAGE_SECONDS, WORKER_RESTARTS, PoolState, record_timings
 from app.pool.base import GrabTask
+from app.pool.memory import process_rss
 from app.pool.worker import worker_main
 
 log = logging.getLogger("stillframe.pool")
@@ -119,6 +123,8 @@ class _Worker:
         self.retiring = False  # said "retire": its exit is a recycling, not a crash
         self.open_assets = 0  # as it last reported
         self.send_lock = threading.Lock()
+        self.resident_bytes = 0  # as the process last reported them
+        self.asset_bytes = 0
 
     @property
     def load(self) -> int:
@@ -148,6 +154,8 @@ class ProcessDecoderPool:
         self.submitted = 0  # tasks accepted since start (for operators and tests)
         self.coalesced = 0  # of those, grabs that ran in another grab's pass
         self.stopped = 0  # passes a worker was told to stop (every caller gone with times left)
+        self.shed = 0  # tasks refused for memory (``overloaded``)
+        self._api_resident = process_rss()  # sampled by the watchdog
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,6 +183,22 @@ class ProcessDecoderPool:
     def ready(self) -> bool:
         return not self._stopping and any(w.ready for w in self._workers)
 
+    def memory(self) -> dict[str, int | list[int]]:
+        """Resident bytes of this process and of each decoder (as last reported), and the bytes the
+        decoders' open assets hold (estimated), against the budget."""
+        workers = [w.resident_bytes for w in self._workers]
+        return {
+            "limit_bytes": self.settings.memory_limit,
+            "resident_bytes": self._api_resident + sum(workers),
+            "api_resident_bytes": self._api_resident,
+            "worker_resident_bytes": workers,
+            "open_asset_bytes": sum(w.asset_bytes for w in self._workers),
+            "shed": self.shed,
+        }
+
+    def over_memory_budget(self) -> bool:
+        return self._api_resident + sum(w.resident_bytes for w in self._workers) > self.settings.memory_limit
+
     def state(self) -> PoolState:
         """Queue depth, busy and alive workers and open assets, for ``/metrics``."""
         workers = self._workers
@@ -184,6 +208,10 @@ class ProcessDecoderPool:
             alive=sum(1 for w in workers if w.ready),
             workers=len(workers),
             open_assets=sum(w.open_assets for w in workers),
+            memory_limit_bytes=self.settings.memory_limit,
+            api_resident_bytes=self._api_resident,
+            worker_resident_bytes=[w.resident_bytes for w in workers],
+            open_asset_bytes=sum(w.asset_bytes for w in workers),
         )
 
     def _spawn(self, worker: _Worker) -> None:
@@ -227,6 +255,9 @@ class ProcessDecoderPool:
             raise EngineError("queue_full", "the service is shutting down")
         if self._in_flight >= self.settings.queue_limit:
             raise EngineError("queue_full", "too many decodes queued; retry shortly")
+        if self._in_flight and self.over_memory_budget():
+            self.shed += 1
+            raise EngineError("overloaded", "the service is at its memory limit; retry shortly")
         request = _Request(next(self._ids), task)
         self._in_flight += 1
         self.submitted += 1
@@ -349,6 +380,9 @@ class ProcessDecoderPool:
             worker.ready = True
             self._pump(worker)
             return
+        if kind == "memory":
+            worker.resident_bytes, worker.asset_bytes = message[1], message[2]
+            return
         if kind == "retire":  # it exits after this task: nothing more goes to it; its exit respawns it
             worker.ready, worker.retiring = False, True
             log.info("decoder %s (pid %s) retires: memory over worker_recycle_rss", worker.slot, message[1])
@@ -416,6 +450,7 @@ class ProcessDecoderPool:
             with contextlib.suppress(Exception):
                 worker.conn.close()
         worker.conn, worker.ready = None, False
+        worker.resident_bytes = worker.asset_bytes = 0
         if not self._stopping:
             WORKER_RESTARTS.labels(_exit_cause(worker, process, reason)).inc()
             self._spawn(worker)  # the backlog waits for the replacement's "ready"
@@ -424,6 +459,7 @@ class ProcessDecoderPool:
         interval = min(0.25, self.settings.decode_timeout / 4)
         while True:
             await asyncio.sleep(interval)
+            self._api_resident = process_rss()
             now = time.monotonic()
             for worker in self._workers:
                 run = worker.running

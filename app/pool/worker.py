@@ -7,8 +7,9 @@ so a second grab from the same video skips the open and the probe. It runs under
 Protocol, one pipe each way. Parent -> worker: ``("run", task_id, GrabTask, decode_threads)``,
 ``("cancel", task_id)``, ``None`` to exit. Worker -> parent: ``("ready", pid)``,
 ``("item", task_id, FrameResult | FrameFailure)``, ``("done", task_id)``,
-``("error", task_id, EngineError)`` for a task that failed as a whole, and ``("retire", pid)`` just
-before the ``done`` of its last task when it exits to be replaced (see ``_MemoryKeeper``).
+``("error", task_id, EngineError)`` for a task that failed as a whole, ``("memory", resident bytes,
+open-asset bytes)`` after "ready" and before each ``done``, and ``("retire", pid)`` just before the
+``done`` of its last task when it exits to be replaced (see ``_MemoryKeeper``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from app.engine import FrameResult, ImageGenerator
 from app.engine.errors import EngineError
 from app.engine.options import SourceLimits
 from app.pool.base import GrabTask
+from app.pool.memory import process_rss
 from app.pool.tasks import run_asset_task
 
 REMOTE_REVALIDATE_SECONDS = 10.0  # how long a remote asset's identity is trusted without asking again
@@ -78,7 +80,7 @@ def _statm_bytes(field: int) -> int:
 
 
 def _rss_bytes() -> int:
-    return _statm_bytes(1)
+    return process_rss()
 
 
 def _over_budget(settings: Settings) -> bool:
@@ -97,7 +99,7 @@ class _MemoryKeeper:
         self.released_at = _rss_bytes()
 
     def must_retire(self, assets: _OpenAssets) -> bool:
-        assets.trim(self.settings.worker_recycle_rss)
+        assets.trim(self.settings.worker_recycle_rss, self.settings.open_asset_bytes)
         resident = _rss_bytes()
         if resident > self.released_at + _HEAP_RELEASE_GROWTH:
             release_free_heap()
@@ -142,10 +144,13 @@ def _limit_cpu_for_next_task(settings: Settings, threads: int, times: int = 1) -
 
 
 class _OpenAssets:
-    """Generators kept open by (source identity, stream, decoder threads), least recently used first out."""
+    """Generators kept open by (source identity, stream, decoder threads), least recently used first out:
+    at most ``capacity`` of them, and at most ``max_bytes`` by their estimated size (the one in use stays
+    whatever its size)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 1 << 62) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, int | None, int], ImageGenerator] = OrderedDict()
         self._remote: dict[str, tuple[str, float]] = {}  # url -> (identity, when it was last checked)
 
@@ -184,10 +189,15 @@ class _OpenAssets:
         else:
             generator.options = task.options
         self._items[key] = generator
-        while len(self._items) > self.capacity:
+        while len(self._items) > self.capacity or (len(self._items) > 1 and self.estimated_bytes > self.max_bytes):
             _, evicted = self._items.popitem(last=False)
             evicted.close()
         return generator, identity
+
+    @property
+    def estimated_bytes(self) -> int:
+        """The open assets' estimated size (``ImageGenerator.resident_estimate``)."""
+        return sum(generator.resident_estimate for generator in self._items.values())
 
     def __len__(self) -> int:
         return len(self._items)
@@ -196,10 +206,11 @@ class _OpenAssets:
         while self._items:
             self._items.popitem()[1].close()
 
-    def trim(self, rss_budget: int) -> None:
+    def trim(self, rss_budget: int, asset_bytes: int) -> None:
         """Bound by memory as well as count: decoders of large video hold tens of MiB each, so past
-        the budget the least recently used assets are closed (the one just used stays)."""
-        while len(self._items) > 1 and _rss_bytes() > rss_budget:
+        either budget (the process's resident bytes, the assets' estimated ones: a decoder's frames
+        grow with the grabs) the least recently used assets are closed (the one just used stays)."""
+        while len(self._items) > 1 and (_rss_bytes() > rss_budget or self.estimated_bytes > asset_bytes):
             _, evicted = self._items.popitem(last=False)
             evicted.close()
 
@@ -236,9 +247,10 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
     # not in the first request a fresh worker serves (at start, and after each crash or recycling).
     import app.engine.encode  # noqa: F401
 
-    assets = _OpenAssets(settings.open_assets_per_worker)
+    assets = _OpenAssets(settings.open_assets_per_worker, settings.open_asset_bytes)
     memory = _MemoryKeeper(settings)
     replies.send(("ready", os.getpid()))
+    replies.send(("memory", _rss_bytes(), 0))
     pending: list[Any] = []
     while True:
         message = pending.pop(0) if pending else conn.recv()
@@ -267,7 +279,9 @@ def worker_main(conn: Connection, replies: Connection, settings: Settings) -> No
         except MemoryError:
             assets.drop(task)
             replies.send(("error", task_id, EngineError("decode_failed", "decoding needed more memory than allowed")))
-        if memory.must_retire(assets):
+        retiring = memory.must_retire(assets)
+        replies.send(("memory", _rss_bytes(), assets.estimated_bytes))
+        if retiring:
             # Say so before "done", so that no task is sent here again, and make way for a fresh process.
             replies.send(("retire", os.getpid()))
             replies.send(("done", task_id))
