@@ -214,6 +214,14 @@ def test_batch_scenario_completes_both_orders(bench_run: _Run) -> None:
 
 def test_remote_scenario_counts_what_the_origin_serves(bench_run: _Run) -> None:
     out = scenarios.scenario_remote(bench_run.ctx)
+    for exact in _assert_counted_grabs(out, bench_run):
+        assert exact["gop_bytes_mean"] > 0
+
+
+def _assert_counted_grabs(out: dict[str, Any], bench_run: _Run) -> list[dict[str, Any]]:
+    """What the remote and objstore scenarios both report of each asset: the first request, three exact
+    grabs, the CLI's fetches. Returns the exact-grab blocks."""
+    blocks = []
     for key in ("1080p_gop2", "1080p_gop2_moovend"):
         block, size = out[key], bench_run.assets[key].size
         assert block["errors"] == {}
@@ -224,8 +232,9 @@ def test_remote_scenario_counts_what_the_origin_serves(bench_run: _Run) -> None:
         # (a clip this small is in the server's block cache after the first request: later grabs may
         # fetch nothing at all, never more than the file)
         assert 0 <= exact["bytes_per_grab_mean"] < size
-        assert exact["gop_bytes_mean"] > 0
         assert block["ffmpeg_cli"]["bytes_per_grab_p50"] > 0  # the CLI has no cache: it fetches every time
+        blocks.append(exact)
+    return blocks
 
 
 def test_throughput_and_targets_from_a_run(bench_run: _Run) -> None:
@@ -276,15 +285,7 @@ def test_objstore_scenario_counts_what_the_store_serves(bench_run: _Run) -> None
     out = scenarios.scenario_objstore(bench_run.ctx)
     if "skipped" in out:
         pytest.skip(out["skipped"])
-    for key in ("1080p_gop2", "1080p_gop2_moovend"):
-        block, size = out[key], bench_run.assets[key].size
-        assert block["errors"] == {}
-        assert block["first_request"]["requests"] >= 1
-        assert 0 < block["first_request"]["bytes"] <= size
-        exact = block["stillframe_exact"]
-        assert exact["n"] == 3
-        assert 0 <= exact["bytes_per_grab_mean"] < size
-        assert block["ffmpeg_cli"]["bytes_per_grab_p50"] > 0  # through a presigned URL, counted the same way
+    _assert_counted_grabs(out, bench_run)  # the CLI reads through a presigned URL, counted the same way
 
 
 def test_soak_scenario_runs_under_a_budget_and_without_one(bench_run: _Run) -> None:
